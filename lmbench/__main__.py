@@ -1,0 +1,3 @@
+from lmbench.cli import main
+
+main()

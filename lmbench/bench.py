@@ -1,0 +1,158 @@
+"""``lmbench bench``: training throughput of any registered method, as one JSON line.
+
+Times the trainer's own step (:func:`lmbench.train.train_step`: the method's losses,
+backward, per-network clipping, optimizer step) on in-memory random images, after
+untimed warm-up steps, so the figure is the model's cost and not the data pipeline's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import click
+import numpy as np
+import torch
+
+from lmbench import registry
+from lmbench.config import RunConfig
+from lmbench.data import ImageSplit, to_normalized
+from lmbench.hookspecs import hookimpl
+
+#: Architecture presets. ``paper``: Sanchez & Tzimiropoulos / Li et al.'s networks (hourglass
+#: 256 channels depth 4, StarGAN generator conv_dim 32 with 6 residual blocks, VGG-16
+#: relu1_2/2_2/3_3/4_3). ``small``: lmbench's RunConfig defaults.
+PRESETS = ("paper", "small")
+
+
+def bench_config(
+    method: str,
+    *,
+    preset: str = "small",
+    image_size: int = 64,
+    batch_size: int = 16,
+    K: int = 10,
+    device: str = "auto",
+    threads: int = 0,
+    perceptual: str | None = None,
+    perceptual_weights: str | None = None,
+) -> RunConfig:
+    """The RunConfig that ``lmbench bench`` builds the method from."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    config = RunConfig(method=method, K=K, image_size=image_size, batch_size=batch_size, device=device, threads=threads)
+    if preset == "paper":
+        config.detector.channels, config.detector.depth, config.detector.stem_channels = 256, 4, 64
+        config.generator.conv_dim, config.generator.res_blocks = 32, 6
+        config.perceptual.backbone, config.perceptual.layers = "vgg16", None
+    if perceptual:
+        config.perceptual.backbone = perceptual
+    if perceptual_weights:
+        config.perceptual.weights = str(perceptual_weights)
+    return config
+
+
+def random_split(n: int, image_size: int, seed: int, points: int = 5) -> ImageSplit:
+    """In-memory random uint8 images (and random points, for methods that use labels)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
+    coords = rng.uniform(0, image_size, (n, points, 2)).astype(np.float32)
+    return ImageSplit(images, coords)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: str = "") -> dict:
+    """Build ``config.method`` from the registry and time ``steps`` training steps."""
+    from lmbench.train import autocast_for, batch_indices, build_optimizer, resolve_device, train_step
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    method = registry.get_method(config.method).builder(config).to(device).train()
+    optimizer = build_optimizer(method, config)
+    data = random_split(4 * config.batch_size, config.image_size, config.seed)
+    autocast = autocast_for(device)
+
+    def one_step(step: int) -> None:
+        index = batch_indices(len(data), config.batch_size, config.seed, step)
+        images = data.batch(index, device)
+        points = None
+        if method.uses_labels:
+            points = to_normalized(torch.from_numpy(data.points[index.numpy()]), data.image_size).to(device)
+        loss, _ = train_step(method, optimizer, images, config, step, autocast=autocast, points=points)
+        loss.item()  # waits for the device, as the trainer's logging does
+
+    for step in range(warmup):
+        one_step(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(warmup, warmup + steps):
+        t0 = time.perf_counter()
+        one_step(step)
+        times.append(time.perf_counter() - t0)
+    seconds_per_step = sum(times) / len(times)
+    return {
+        "method": config.method,
+        "preset": preset,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "K": config.K,
+        "perceptual": config.perceptual.backbone,
+        "steps": steps,
+        "warmup": warmup,
+        "images_per_second": round(config.batch_size / seconds_per_step, 3),
+        "seconds_per_step": round(seconds_per_step, 4),
+        "seconds_per_step_median": round(statistics.median(times), 4),
+        "seconds_per_step_min": round(min(times), 4),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+@click.command("bench")
+@click.option("--method", required=True, help="A registered method (see `lmbench methods`).")
+@click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True,
+              help="paper: the original architecture; small: lmbench's default sizes.")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=5, show_default=True, help="Timed steps.")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Untimed steps first.")
+@click.option("--K", "K", type=click.IntRange(1, 512), default=10, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=0, help="CPU threads (0: torch's default).")
+@click.option("--perceptual", type=click.Choice(["vgg16", "alexnet", "none"]),
+              help="Override the preset's perceptual backbone.")
+@click.option("--perceptual-weights", type=click.Path(exists=True),
+              help="Backbone weights: a .pth file or a directory with the standard files.")
+def bench_command(method, preset, image_size, batch_size, steps, warmup, K, device, threads, perceptual,
+                  perceptual_weights) -> None:
+    """Time training steps of a method and print one JSON line (images/s, s/step, peak memory)."""
+    from lmbench.cli import method_name
+
+    name = method_name(click.get_current_context(), None, method)
+    config = bench_config(name, preset=preset, image_size=image_size, batch_size=batch_size, K=K, device=device,
+                          threads=threads, perceptual=perceptual, perceptual_weights=perceptual_weights)
+    click.echo(json.dumps(run_bench(config, steps=steps, warmup=warmup, preset=preset)))
+
+
+@hookimpl
+def register_commands(cli):
+    if "bench" not in cli.commands:
+        cli.add_command(bench_command)

@@ -1,0 +1,180 @@
+"""Every setting of a run, as dataclasses saved verbatim to ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class DetectorConfig:
+    channels: int = 96
+    depth: int = 3
+    stem_channels: int = 64
+    init: str | None = None  # pretrained detector checkpoint (--detector-init), see lmbench.adapt
+    adapt: str = "scratch"  # incremental | finetune | scratch
+
+
+@dataclass
+class BottleneckConfig:
+    temperature: float = 0.1  # softmax(x / T); Li et al.'s beta = 1 / T
+    sigma: float = 0.5  # Gaussian std in heatmap pixels
+
+
+@dataclass
+class GeneratorConfig:
+    conv_dim: int = 16
+    res_blocks: int = 4
+
+
+@dataclass
+class PerceptualConfig:
+    backbone: str = "vgg16"  # vgg16 | alexnet | none
+    layers: list[str] | None = None  # None: the backbone's default layers
+    weights: str | None = None  # explicit --perceptual-weights path
+    imagenet_normalize: bool = False  # the original feeds [0, 1] images without mean/std
+    weight: float = 1.0
+    pixel_weight: float = 1.0
+
+
+@dataclass
+class WarpConfig:
+    """The random similarity that turns x into x' for the generative methods."""
+
+    rotation_deg: float = 15.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translation: float = 0.1  # normalised units ([-1, 1] image)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.0, 0.9)
+    weight_decay: float = 5e-4
+    lr_decay_every: int = 0  # steps; 0 = no decay
+    lr_decay_factor: float = 0.1
+    grad_clip: float = 1.0  # L2 norm per network; 0 = off
+
+
+@dataclass
+class ProtocolConfig:
+    """The evaluation protocol (see lmbench.evaluate; named presets in lmbench.protocols)."""
+
+    name: str = "lmbench"
+    regressor: str = "ridge"  # ridge | lstsq
+    ridge_lambda: float = 1e-4  # relative to max(X^T X), as in Sanchez's code
+    bias: bool = True
+    fit_split: str = "reg_train"
+    test_split: str = "test"
+    # pixels | heatmap | normalized | unit_centered | original (see lmbench.evaluate.COORDINATE_SPACES)
+    coordinates: str = "pixels"
+    heatmap_size: int = 32  # grid size of the "heatmap" coordinate space
+    test_crop: str = "fixed"  # fixed | gt_box (gt_box leaks test annotations into the input crop)
+    sweep_sizes: tuple[int, ...] = (1, 5, 10, 100, 500, 1000, 5000)  # N of Table II; "all" is always added
+    repeats: int = 5  # seeded random subsets per N < all
+    seed: int = 0  # seed of the subsets
+    floors: bool = True  # also score an untrained (seeded) detector of the same architecture
+
+
+@dataclass
+class RunConfig:
+    method: str = "baseline"
+    K: int = 10
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    steps: int = 1500
+    batch_size: int = 16
+    image_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: torch's default
+    checkpoint_every: int = 250
+    log_every: int = 25
+    eval_batch_size: int = 64
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Rebuild nested dataclasses; unknown keys are an error naming the key."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        if default is not None and dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _from_dict(default, value)
+        elif isinstance(value, list) and isinstance(getattr(cls(), name, None), tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def environment() -> dict[str, str]:
+    """Package versions and platform, recorded with every run."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("lmbench", "torch", "numpy", "scipy", "pandas", "pluggy", "kornia", "pillow"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def apply_override(config: RunConfig, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override (value parsed as JSON, else kept as a string).
+
+    ``dataset_options`` and ``method_options`` accept any key; elsewhere the key must exist.
+    """
+    import json
+
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. detector.channels=128")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    *parents, leaf = key.strip().split(".")
+    target: Any = config
+    for i, part in enumerate(parents):
+        if isinstance(target, dict):
+            target = target.setdefault(part, {})
+        elif dataclasses.is_dataclass(target) and hasattr(target, part):
+            target = getattr(target, part)
+        else:
+            raise ValueError(f"--set {assignment!r}: unknown setting {'.'.join(parents[: i + 1])!r}")
+    if isinstance(target, dict):
+        target[leaf] = value
+        return
+    if not (dataclasses.is_dataclass(target) and leaf in {f.name for f in fields(target)}):
+        raise ValueError(f"--set {assignment!r}: unknown setting {key!r}")
+    current = getattr(target, leaf)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    elif current is not None and value is not None and not isinstance(value, type(current)):
+        raise ValueError(f"--set {assignment!r}: {key} expects {type(current).__name__}, got {value!r}")
+    setattr(target, leaf, value)

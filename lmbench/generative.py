@@ -1,0 +1,104 @@
+"""The shared parts of the generative methods (Sanchez baseline and Li et al.'s family).
+
+One detector H, the softargmax/Gaussian bottleneck, one generator G and the
+perceptual + pixel reconstruction loss. Methods differ only in how they route images
+through these parts, which they express in :meth:`GenerativeMethod.losses`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmbench.adapt import initialise_detector
+from lmbench.config import RunConfig
+from lmbench.method import LandmarkMethod
+from lmbench.nn.bottleneck import LandmarkBottleneck
+from lmbench.nn.generator import HeatmapGenerator
+from lmbench.nn.hourglass import HourglassDetector
+from lmbench.nn.perceptual import build_perceptual
+from lmbench.warps import random_similarity
+
+
+class GenerativeMethod(LandmarkMethod):
+    def __init__(self, config: RunConfig, *, perceptual=None, detector=None, generator=None):
+        super().__init__(config)
+        det, gen, per = config.detector, config.generator, config.perceptual
+        self.detector = detector or initialise_detector(
+            HourglassDetector(config.K, det.channels, det.depth, det.stem_channels), det
+        )
+        self.bottleneck = LandmarkBottleneck(config.bottleneck.temperature, config.bottleneck.sigma)
+        self.generator = generator or HeatmapGenerator(config.K, gen.conv_dim, gen.res_blocks)
+        if perceptual is None and per.backbone != "none":
+            perceptual = build_perceptual(
+                per.backbone, per.weights, layers=per.layers, imagenet_normalize=per.imagenet_normalize
+            )
+        # Frozen and not a sub-network to clip or checkpoint: kept out of the state dict.
+        object.__setattr__(self, "perceptual", perceptual)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if self.perceptual is not None:
+            self.perceptual._apply(fn, *args, **kwargs)
+        return self
+
+    # -- the shared building blocks ------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Landmarks [B,K,2] and their rendered heatmaps [B,K,h,w] for a batch of images."""
+        return self.bottleneck(self.detector(images))
+
+    def make_pair(self, images: torch.Tensor, generator: torch.Generator):
+        """(x, x', warp): x' is x under a random similarity drawn from ``generator``."""
+        w = self.config.warp
+        warp = random_similarity(
+            self.random_batch(images),
+            rotation_deg=w.rotation_deg,
+            scale=tuple(w.scale),
+            translation=w.translation,
+            generator=generator,
+            device=images.device,
+        )
+        warp = self.local_rows(warp)  # under DDP: this process's rows of the global draw
+        return images, warp.apply_to_images(images), warp
+
+    def target_features(self, target: torch.Tensor) -> list[torch.Tensor] | None:
+        """Perceptual features of a target image, computed once per step and reused."""
+        if self.perceptual is None:
+            return None
+        with torch.no_grad():
+            return self.perceptual.features(target)
+
+    def reconstruction_terms(
+        self, output: torch.Tensor, target: torch.Tensor, features: list[torch.Tensor] | None, tag: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """Perceptual and pixel MSE terms of ``output`` against ``target`` (all weight 1 by default)."""
+        p = self.config.perceptual
+        terms = {f"pixel{tag}": p.pixel_weight * F.mse_loss(output.float(), target.float())}
+        if self.perceptual is not None:
+            terms[f"perceptual{tag}"] = p.weight * self.perceptual.loss_from_features(output, features)
+        return terms
+
+    def reconstruction_terms_split(
+        self, outputs: torch.Tensor, targets: torch.Tensor, features: list[torch.Tensor] | None, tags: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`reconstruction_terms` for ``len(tags)`` equal chunks stacked along the batch.
+
+        ``features`` are the stacked targets' features. The outputs' perceptual features
+        come from ONE trunk call over the stack; each chunk's terms equal those of
+        ``reconstruction_terms`` on that chunk alone (the trunk has no batch statistics).
+        """
+        p, n = self.config.perceptual, len(tags)
+        terms = {}
+        for tag, out, tgt in zip(tags, outputs.chunk(n), targets.chunk(n)):
+            terms[f"pixel{tag}"] = p.pixel_weight * F.mse_loss(out.float(), tgt.float())
+        if self.perceptual is not None:
+            predicted = [f.chunk(n) for f in self.perceptual.features(outputs)]
+            wanted = [f.chunk(n) for f in features]
+            for i, tag in enumerate(tags):
+                terms[f"perceptual{tag}"] = p.weight * sum(
+                    F.mse_loss(pf[i].float(), tf[i].float()) for pf, tf in zip(predicted, wanted)
+                )
+        return terms
+
+    def detect(self, images: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(self.detector(images))[0]

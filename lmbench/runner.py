@@ -1,0 +1,221 @@
+"""``lmbench run`` and ``lmbench eval``: build, train, evaluate and write the run directory.
+
+The run directory contract::
+
+    config.json     every setting, the protocol, the environment (package versions)
+    metrics.json    method, K, dataset, nme, nme_mean_shape, steps, train_seconds, ...
+    checkpoint.pt   model and optimizer state, step, RNG state (weights_only loadable)
+    metrics.jsonl   the training log, one JSON object per logged step
+    landmarks.png   test faces with the discovered and the regressed points
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lmbench import atomic, distributed, registry
+from lmbench.config import RunConfig, environment
+from lmbench.data import DatasetSplits
+from lmbench.evaluate import direct_extras, evaluate_protocols, metrics_record, write_evaluation
+from lmbench.evaluate_direct import evaluate_direct
+from lmbench.method import LandmarkMethod
+from lmbench.train import CHECKPOINT, TrainOptions, load_checkpoint, resolve_device, train
+from lmbench.viz import landmark_figure
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+FIGURE = "landmarks.png"
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue (bad directory, missing data, ...)."""
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.method}-K{config.K}-{config.dataset}-s{config.seed}-{stamp}"
+
+
+def build_dataset(config: RunConfig) -> DatasetSplits:
+    spec = registry.get_dataset(config.dataset)
+    root = spec.find_root(config.data_root)
+    if not spec.embedded and root is None:
+        looked = ", ".join(str(r) for r in spec.candidate_roots(config.data_root)) or "(nowhere: pass --data-root)"
+        raise RunError(
+            f"dataset {spec.name!r}: data not found; looked in {looked}. Expected layout: {spec.layout}"
+        )
+    return spec.builder(root=root, image_size=config.image_size, seed=config.seed, **config.dataset_options)
+
+
+def build_method(config: RunConfig) -> LandmarkMethod:
+    return registry.get_method(config.method).builder(config)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _config_record(config: RunConfig, data: DatasetSplits, method: LandmarkMethod) -> dict:
+    perceptual = getattr(method, "perceptual", None)
+    return {
+        **config.to_dict(),
+        "dataset_info": data.info,
+        "perceptual_weights_source": getattr(perceptual, "weights_source", None),
+        "environment": environment(),
+    }
+
+
+def untrained_method(config: RunConfig, device) -> LandmarkMethod:
+    """The floor: the same architecture, randomly initialised from the run's seed, never trained."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        method = build_method(config)
+    return method.to(device).eval()
+
+
+def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, device, *,
+                 protocols: list | None = None, floors: bool | None = None) -> dict:
+    """Evaluate a trained method under the run's protocol (or ``protocols``); write evaluation.json,
+    evaluation/<protocol>/*.csv and landmarks.png; return the entries of metrics.json."""
+    from lmbench.protocols import crop_dataset_options
+
+    method.eval()
+    protocols = protocols or [config.protocol]
+    if method.predicts_annotations:  # supervised references: scored as they are, no regressor
+        results = {p.name: direct_extras(evaluate_direct(method.detect, data, p, spread=getattr(method, "heatmap_spread", None),
+                                                         batch_size=config.eval_batch_size, device=device), data, p)
+                   for p in protocols}
+    else:
+        floors = config.protocol.floors if floors is None else floors
+        untrained = untrained_method(config, device) if floors else None
+
+        def rebuild(test_crop: str) -> DatasetSplits:
+            options = crop_dataset_options(config.dataset_options, test_crop)
+            return build_dataset(RunConfig.from_dict({**config.to_dict(), "dataset_options": options}))
+
+        results = evaluate_protocols(method.detect, data, protocols, rebuild=rebuild,
+                                     untrained_detect=None if untrained is None else untrained.detect,
+                                     batch_size=config.eval_batch_size, device=device)
+    write_evaluation(run_dir, results)
+    if config.protocol.name in results:
+        result, test = results[config.protocol.name], data.split(config.protocol.test_split)
+        landmark_figure(test.images[:8], result["discovered"][:8], result["predictions"][:8], test.points[:8],
+                        run_dir / FIGURE)
+    return metrics_record(results, config.protocol.name)
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, dict], None] | None = None,
+    options: TrainOptions | None = None,
+) -> dict:
+    """Train then evaluate; returns the metrics written to metrics.json.
+
+    Under torchrun every process trains its rows of each batch (lmbench.distributed); rank 0
+    alone writes the run directory and evaluates while the others wait, and they return {}.
+    """
+    if run_dir.exists() and (run_dir / CHECKPOINT).exists() and not resume:
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (run_dir / CONFIG).exists():
+        saved = atomic.read_json(run_dir / CONFIG)
+        mismatched = [k for k in ("method", "K", "dataset", "seed", "batch_size", "image_size")
+                      if saved.get(k) != getattr(config, k)]
+        if mismatched:
+            raise RunError(f"{run_dir}: cannot resume with different {', '.join(mismatched)} than the saved config.json")
+    options = options or TrainOptions()
+    world, device = distributed.start(resolve_device(config.device))
+    try:
+        world.rows(config.batch_size)  # fail early when the batch does not split evenly
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        t_data = time.perf_counter()
+        data = build_dataset(config)
+        data_seconds = time.perf_counter() - t_data
+        method = build_method(config)
+        train_split = data.split(method.train_split)
+        if method.uses_labels and train_split.points is None:
+            raise RunError(f"method {config.method!r} needs annotated training images; dataset "
+                           f"{config.dataset!r} has none in split {method.train_split!r}")
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record = _config_record(config, data, method)
+            record["train_options"] = options.effective(device) | {"world_size": world.size}
+            atomic.write_json(run_dir / CONFIG, record)
+        extra = data.split(method.extra_split) if method.extra_split is not None else None
+        result = train(method, train_split, config, run_dir, device=device, resume=resume,
+                       on_step=on_step if world.is_main else None, extra=extra, options=options, world=world)
+        if not world.is_main:
+            world.barrier()  # rank 0 evaluates once; the others wait, then leave together
+            return {}
+        metrics = {
+            "method": config.method,
+            "K": config.K,
+            "dataset": config.dataset,
+            "seed": config.seed,
+            "steps": result.steps,
+            "batch_size": config.batch_size,
+            "image_size": config.image_size,
+            "train_seconds": round(result.train_seconds, 2),
+            "images_per_second": round(result.images_per_second, 2),
+            "data_seconds": round(data_seconds, 2),
+            "device": str(device),
+            "world_size": world.size,
+            "final_loss": result.final_loss,
+        }
+        t_eval = time.perf_counter()
+        metrics.update(evaluate_run(method, data, config, run_dir, device))
+        metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+        atomic.write_json(run_dir / METRICS, metrics)
+        world.barrier()
+        return metrics
+    finally:
+        distributed.stop(world)
+
+
+def saved_config(run_dir: Path) -> RunConfig:
+    """The RunConfig recorded in a run directory's config.json."""
+    saved = atomic.read_json(run_dir / CONFIG)
+    return RunConfig.from_dict({k: v for k, v in saved.items() if k in RunConfig.__dataclass_fields__})
+
+
+def reevaluate(run_dir: Path, *, device: str = "auto", protocol_overrides: dict | None = None,
+               protocols: list[str] | None = None, floors: bool | None = None) -> dict:
+    """``lmbench eval``: rebuild the method from config.json and score the saved checkpoint.
+
+    ``protocols`` (preset names) are added to ``nme_by_protocol``; the top-level metrics
+    change only when the run's own protocol is among them (or no names are given)."""
+    if not (run_dir / CONFIG).exists():
+        raise RunError(f"{run_dir}: no {CONFIG}; is this a run directory?")
+    if not (run_dir / CHECKPOINT).exists():
+        raise RunError(f"{run_dir}: no {CHECKPOINT} to evaluate")
+    config = saved_config(run_dir)
+    if protocol_overrides:
+        config.protocol = type(config.protocol)(**{**asdict(config.protocol), **protocol_overrides})
+    config.device = device
+    torch_device = resolve_device(device)
+    data = build_dataset(config)
+    method = build_method(config)
+    method.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    method.to(torch_device)
+    from lmbench.protocols import get_protocol
+
+    chosen = [config.protocol if name == config.protocol.name else get_protocol(name) for name in protocols or []]
+    metrics = atomic.read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else {}
+    update = evaluate_run(method, data, config, run_dir, torch_device, protocols=chosen or None, floors=floors)
+    by_protocol = {**metrics.get("nme_by_protocol", {}), **update.pop("nme_by_protocol")}
+    metrics.update(update)
+    metrics["nme_by_protocol"] = by_protocol
+    atomic.write_json(run_dir / METRICS, metrics)
+    return metrics

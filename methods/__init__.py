@@ -1,0 +1,1 @@
+"""Built-in method plugins, installed as ``lmbench.methods``."""

@@ -1,0 +1,149 @@
+"""Li, Liao, Miao, Lu, Luo 2020 (arXiv 2004.07936): inter- and intra-subject consistency.
+
+Three methods built on the baseline's detector H, bottleneck, generator G and
+reconstruction loss (perceptual + pixel MSE). ``G(a, h)`` redraws the *appearance*
+image ``a`` in the landmark *structure* given by the heatmaps ``h``. ``x`` is a batch
+image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the batch.
+
+- ``inter_subject``: ``I_a = G(x, H(x^a))``, ``I = G(I_a, H(x'))``, loss(I, x').
+- ``cycle``: the baseline's ``G(x', H(x))`` vs ``x`` plus the swapped ``G(x, H(x'))`` vs ``x'``.
+- ``inter_intra`` (the paper's full model): ``x -> x^a -> x'`` and ``x' -> x^a -> x``,
+  ``I_x' = G(G(x, H(x^a)), H(x'))``, ``I_x = G(G(x', H(x^a)), H(x))``,
+  loss = (perceptual + MSE)(I_x, x) + (perceptual + MSE)(I_x', x').
+
+Pairing (``derangement``): ``perm`` is a uniformly random *cyclic* permutation of the
+batch drawn with Sattolo's algorithm from the step generator. It has no fixed point
+(nobody is its own auxiliary), every image is the auxiliary of exactly one other, it
+needs no rejection loop (a fixed number of draws per step, so runs stay exactly
+resumable), and for B > 2 no two images are each other's auxiliary. The original uses
+one fixed derangement of the batch indices; since batches are reshuffled every epoch, a
+fresh pairing per step only changes which images meet, not the objective.
+
+Batching, and what is identical to the paper
+--------------------------------------------
+One detector call on ``[x; x']`` gives ``H(x)`` and ``H(x')``; ``H(x^a)`` is
+``H(x)[perm]`` instead of a third pass. Generator calls whose inputs are known together
+share one call on a concatenated batch (inter_intra: both first-stage calls, then both
+second-stage calls; cycle: both directions). Perceptual features of the targets are
+computed once per step under ``no_grad`` and the outputs' features in one VGG call.
+
+Everything is the same function as in the paper *except* BatchNorm in training mode:
+its batch statistics are computed over the concatenated batch (``[x; x']``, or the
+stacked generator inputs) rather than over each pass separately, and ``H(x^a) =
+H(x)[perm]`` equals the paper's separate pass ``H(x[perm])`` only up to those batch
+statistics (a permuted batch has the same statistics, but the joint ``[x; x']`` batch
+does not equal the batch ``x`` alone). Convolutions, the bottleneck, VGG (no BN) and the
+losses are per-sample and therefore unchanged. In eval mode (``detect``) nothing differs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmbench.generative import GenerativeMethod
+from lmbench.hookspecs import hookimpl
+from lmbench.registry import MethodSpec
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random cyclic permutation of ``range(n)`` (Sattolo's algorithm), n >= 2.
+
+    ``perm[i] != i`` for every i; the result is a pure function of the generator's state
+    (n - 1 uniform draws on the CPU).
+    """
+    if n < 2:
+        raise ValueError(f"the auxiliary-image pairing needs a batch of at least 2 images, got {n} (raise --batch-size)")
+    perm = list(range(n))
+    draws = torch.rand(n - 1, generator=generator, dtype=torch.float64).tolist()
+    for i, u in zip(range(n - 1, 0, -1), draws):
+        j = min(int(u * i), i - 1)  # uniform in [0, i): never i itself
+        perm[i], perm[j] = perm[j], perm[i]
+    return torch.tensor(perm, dtype=torch.long)
+
+
+class _PairedMethod(GenerativeMethod):
+    """Shared routing: one detector call on [x; x'], the auxiliary pairing, batched G."""
+
+    def encode_pair(self, x: torch.Tensor, x_prime: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmaps (H(x), H(x')) from ONE detector call on the concatenated batch."""
+        _, heatmaps = self.encode(torch.cat([x, x_prime]))
+        return heatmaps.chunk(2)
+
+    def auxiliary(self, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+        """Indices ``perm`` with x^a = x[perm] (see :func:`derangement`)."""
+        return derangement(batch_size, generator).to(device)
+
+    def generate(self, appearance: list[torch.Tensor], heatmaps: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``G(appearance[i], heatmaps[i])`` for every i, in one generator call."""
+        out = self.generator(torch.cat(appearance), torch.cat(heatmaps))
+        return out.chunk(len(appearance))
+
+
+class InterSubject(_PairedMethod):
+    """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x')."""
+
+    def losses(self, images, generator, points=None):
+        x, x_prime, _ = self.make_pair(images, generator)
+        perm = self.auxiliary(x.shape[0], generator, x.device)
+        h_x, h_prime = self.encode_pair(x, x_prime)
+        (i_a,) = self.generate([x], [h_x[perm]])  # x in the structure of x^a
+        (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
+        return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
+
+
+class Cycle(_PairedMethod):
+    """Both directions of the baseline: G(x', H(x)) vs x, and G(x, H(x')) vs x'."""
+
+    def losses(self, images, generator, points=None):
+        x, x_prime, _ = self.make_pair(images, generator)
+        h_x, h_prime = self.encode_pair(x, x_prime)
+        to_x, to_prime = self.generate([x_prime, x], [h_x, h_prime])
+        targets = torch.cat([x, x_prime])
+        return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
+
+
+class InterIntra(_PairedMethod):
+    """The paper's full model: x -> x^a -> x' and x' -> x^a -> x.
+
+    I_x' = G(G(x, H(x^a)), H(x')) vs x';  I_x = G(G(x', H(x^a)), H(x)) vs x.
+    """
+
+    def losses(self, images, generator, points=None):
+        x, x_prime, _ = self.make_pair(images, generator)
+        perm = self.auxiliary(x.shape[0], generator, x.device)
+        h_x, h_prime = self.encode_pair(x, x_prime)
+        h_aux = h_x[perm]
+        i_a, i_a_prime = self.generate([x, x_prime], [h_aux, h_aux])  # first stage: structure of x^a
+        to_prime, to_x = self.generate([i_a, i_a_prime], [h_prime, h_x])  # second stage
+        targets = torch.cat([x, x_prime])
+        return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
+
+
+def _split_terms(method: GenerativeMethod, outputs, targets, tags) -> dict[str, torch.Tensor]:
+    """Reconstruction terms of stacked (output, target) chunks, one set of terms per tag.
+
+    Target features and output features are each computed in ONE perceptual call over the
+    stacked batch; each chunk's terms equal ``reconstruction_terms`` on that chunk alone.
+    """
+    return method.reconstruction_terms_split(outputs, targets, method.target_features(targets), tags)
+
+
+@hookimpl
+def register_methods():
+    return [
+        MethodSpec(
+            name="inter_subject",
+            description="Li et al. 2020 inter-subject path: G(G(x, H(x^a)), H(x')) vs x'",
+            builder=InterSubject,
+        ),
+        MethodSpec(
+            name="cycle",
+            description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus swapped G(x, H(x')) vs x'",
+            builder=Cycle,
+        ),
+        MethodSpec(
+            name="inter_intra",
+            description="Li et al. 2020 full model: x -> x^a -> x' and x' -> x^a -> x (both consistency paths)",
+            builder=InterIntra,
+        ),
+    ]

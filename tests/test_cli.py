@@ -1,0 +1,76 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench.cli import cli
+
+RUN_FILES = {"config.json", "metrics.json", "checkpoint.pt", "metrics.jsonl", "landmarks.png"}
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_methods_and_datasets_tables(runner, fresh_plugins):
+    result = runner.invoke(cli, ["methods"])
+    assert result.exit_code == 0 and "baseline" in result.output
+    result = runner.invoke(cli, ["datasets"])
+    assert result.exit_code == 0 and "synthetic" in result.output and "embedded" in result.output
+
+
+def test_unknown_method_lists_valid_names(runner, fresh_plugins):
+    result = runner.invoke(cli, ["run", "--method", "nope"])
+    assert result.exit_code == 2
+    assert "unknown method 'nope'" in result.output and "baseline" in result.output
+
+
+def test_unknown_dataset_lists_valid_names(runner, fresh_plugins):
+    result = runner.invoke(cli, ["run", "--method", "baseline", "--dataset", "nope"])
+    assert result.exit_code == 2 and "synthetic" in result.output
+
+
+@pytest.mark.parametrize("args", [["--K", "0"], ["--steps", "-3"], ["--device", "tpu"], ["--set", "nonsense"]])
+def test_invalid_values_are_usage_errors(runner, fresh_plugins, args):
+    result = runner.invoke(cli, ["run", "--method", "baseline", *args])
+    assert result.exit_code == 2, result.output
+
+
+def test_resume_needs_out(runner, fresh_plugins):
+    result = runner.invoke(cli, ["run", "--method", "baseline", "--resume"])
+    assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_run_eval_report_end_to_end(runner, test_plugin, tmp_path):
+    out = tmp_path / "runs" / "tiny"
+    args = ["run", "--method", "tiny", "--dataset", "blobs", "--K", "3", "--steps", "4", "--batch-size", "4",
+            "--image-size", "32", "--out", str(out)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed"):
+        assert key in metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"]["ridge_lambda"] > 0 and "torch" in config["environment"]
+
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+
+    result = runner.invoke(cli, ["eval", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["nme"] == pytest.approx(metrics["nme"])
+
+    report = tmp_path / "report.md"
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "metrics.json").write_text("{not json")
+    result = runner.invoke(cli, ["report", "--runs", str(tmp_path / "runs"), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    text = report.read_text()
+    assert "| tiny | 3 | blobs |" in text
+
+
+def test_eval_of_a_non_run_directory_fails_cleanly(runner, fresh_plugins, tmp_path):
+    result = runner.invoke(cli, ["eval", str(tmp_path)])
+    assert result.exit_code == 1 and "config.json" in result.output

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+import torch
+
+from lmbench import atomic
+from lmbench.config import RunConfig, apply_override
+from lmbench.runner import RunError, run
+from lmbench.train import CHECKPOINT, NonFiniteError, batch_indices, load_checkpoint
+
+
+def tiny_config(**overrides) -> RunConfig:
+    config = RunConfig(method="tiny", dataset="blobs", K=3, steps=6, batch_size=4, image_size=32,
+                       log_every=1, checkpoint_every=3, seed=5)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    a = batch_indices(10, 4, seed=1, step=7)
+    assert torch.equal(a, batch_indices(10, 4, seed=1, step=7))
+    epoch = torch.cat([batch_indices(10, 5, seed=1, step=s) for s in (0, 1)])
+    assert sorted(epoch.tolist()) == list(range(10))  # one epoch visits every image once
+
+
+def test_resume_matches_an_uninterrupted_run_bit_for_bit(test_plugin, tmp_path):
+    run(tiny_config(), tmp_path / "straight")
+    run(tiny_config(steps=3), tmp_path / "resumed")
+    run(tiny_config(), tmp_path / "resumed", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_loads_with_weights_only(test_plugin, tmp_path):
+    run(tiny_config(steps=2), tmp_path / "r")
+    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    assert {"step", "model", "optimizer", "rng", "config"} <= set(state)
+
+
+def test_existing_run_needs_resume(test_plugin, tmp_path):
+    run(tiny_config(steps=1), tmp_path / "r")
+    with pytest.raises(RunError, match="--resume"):
+        run(tiny_config(steps=1), tmp_path / "r")
+
+
+def test_non_finite_loss_names_the_step_and_term(test_plugin, tmp_path, monkeypatch):
+    from plugin_fixtures import TinyMethod
+
+    original = TinyMethod.losses
+
+    def poisoned(self, images, generator, points=None):
+        terms = original(self, images, generator)
+        if self._step_counter == 2:
+            terms["peak"] = terms["peak"] * float("nan")
+        self._step_counter += 1
+        return terms
+
+    monkeypatch.setattr(TinyMethod, "_step_counter", 0, raising=False)
+    monkeypatch.setattr(TinyMethod, "losses", poisoned)
+    with pytest.raises(NonFiniteError, match="step 2: loss term 'peak'"):
+        run(tiny_config(checkpoint_every=1), tmp_path / "r")
+    assert load_checkpoint(tmp_path / "r" / CHECKPOINT)["step"] == 2  # the last good one
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "out.json"
+    atomic.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_overrides():
+    config = RunConfig()
+    apply_override(config, "detector.channels=128")
+    apply_override(config, "warp.scale=[0.8, 1.2]")
+    apply_override(config, "dataset_options.train_size=100")
+    assert config.detector.channels == 128 and config.warp.scale == (0.8, 1.2)
+    assert config.dataset_options == {"train_size": 100}
+    with pytest.raises(ValueError, match="unknown setting 'detector.nope'"):
+        apply_override(config, "detector.nope=1")
+    with pytest.raises(ValueError, match="expects int"):
+        apply_override(config, "steps=lots")
+
+
+def test_config_round_trip():
+    config = RunConfig(K=7)
+    config.warp.scale = (0.8, 1.25)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
