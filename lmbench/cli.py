@@ -178,12 +178,16 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     Under `torchrun --nproc_per_node=N -m lmbench run ...` the N processes share each
     batch of --batch-size images (DistributedDataParallel); rank 0 writes the run directory.
     """
+    import json
+
     from lmbench.config import RunConfig, apply_override
     from lmbench.distributed import environment_rank
     from lmbench.runner import default_run_dir, run, saved_config
     from lmbench.train import TrainOptions
 
     config = RunConfig(method=method, K=K, dataset=dataset, data_root=data_root, seed=seed, device=device, threads=threads)
+    for key, value in registry.get_method(method).config_defaults.items():  # the method's defaults first
+        apply_override(config, f"{key}={json.dumps(value)}")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size)):
         if value is not None:
             setattr(config, name, value)

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "lmbench.methods.baseline",
     "lmbench.methods.inter_intra",
     "lmbench.methods.supervised",
+    "lmbench.methods.zhang",
     "lmbench.bench",
     "lmbench.datasets.synthetic",
     "lmbench.datasets.celeba",

@@ -23,10 +23,18 @@ class UnknownName(KeyError):
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A method plugin's entry.
+
+    ``config_defaults`` maps dotted RunConfig keys (as for ``--set``) to the method's own
+    defaults, e.g. ``{"optim.weight_decay": 1e-6}``; ``lmbench run`` applies them before the
+    command-line options and ``--set`` overrides, so the user still has the last word.
+    """
+
     name: str
     description: str
     builder: Callable[..., Any]
     plugin: str = ""
+    config_defaults: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

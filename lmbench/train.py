@@ -4,6 +4,11 @@ Everything random in a step is a pure function of ``(seed, step)``: the batch in
 (an epoch-wise permutation) and the method's generator (warps, pairings). So a run resumed
 from a checkpoint at step s replays exactly the steps an uninterrupted run would have,
 and the checkpoint only needs the model, the optimizer and the step.
+
+Under torchrun each process trains its rows of every global batch (lmbench.distributed);
+only rank 0 writes the log and the checkpoints. :class:`TrainOptions` holds the CUDA
+settings (bf16 autocast, channels_last, compile, prefetching), which ``lmbench bench`` can
+reuse with :func:`prepare_method`, :func:`autocast_for` and :class:`BatchLoader`.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ from lmbench.hookspecs import hookimpl
 from lmbench.registry import MethodSpec
 
 
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     """A uniformly random cyclic permutation of ``range(n)`` (Sattolo's algorithm), n >= 2.
 
@@ -62,7 +66,19 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class _PairedMethod(GenerativeMethod):
-    """Shared routing: one detector call on [x; x'], the auxiliary pairing, batched G."""
+    """Shared routing: one detector call on [x; x'], the auxiliary pairing, batched G.
+
+    Networks and activations are kept channels-last (NHWC): the same numbers, but
+    oneDNN's convolutions on CPU run ~10-15 % faster on that layout (and cuDNN prefers it).
+    """
+
+    def __init__(self, config, **networks):
+        super().__init__(config, **networks)
+        self.to(memory_format=torch.channels_last)
+
+    def make_pair(self, images, generator):
+        x, x_prime, warp = super().make_pair(images, generator)
+        return _nhwc(x), _nhwc(x_prime), warp
 
     def encode_pair(self, x: torch.Tensor, x_prime: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps (H(x), H(x')) from ONE detector call on the concatenated batch."""
@@ -75,7 +91,7 @@ class _PairedMethod(GenerativeMethod):
 
     def generate(self, appearance: list[torch.Tensor], heatmaps: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """``G(appearance[i], heatmaps[i])`` for every i, in one generator call."""
-        out = self.generator(torch.cat(appearance), torch.cat(heatmaps))
+        out = self.generator(_nhwc(torch.cat(appearance)), _nhwc(torch.cat(heatmaps)))
         return out.chunk(len(appearance))
 
 

@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# Tests use tiny tensors: one thread is faster and steadier than two fighting over 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmbench.data import to_normalized, to_pixels
+from lmbench.data import to_pixels
 from lmbench.warps import (
     AffineWarp,
     TPSWarp,
@@ -55,7 +55,8 @@ def centroids(images: torch.Tensor, weights: torch.Tensor | None = None) -> torc
     xs = torch.arange(w, dtype=torch.float64) + 0.5
     ys = torch.arange(h, dtype=torch.float64) + 0.5
     total = mass.sum((1, 2))
-    return torch.stack([(mass.sum(1) * xs).sum(-1), (mass.sum(2) * ys).sum(-1)], -1) / total[:, None]
+    centre = torch.stack([(mass.sum(1) * xs).sum(-1), (mass.sum(2) * ys).sum(-1)], -1)
+    return centre / total[:, None]
 
 
 def source_area(warp, size: int) -> torch.Tensor:
@@ -169,7 +170,8 @@ def test_scaled_blob_plain_centroid():
     # image, scaled by 2 about the centre, lands at 32 + 2 * (p - 32) = (48, 16).
     img = blobs(torch.tensor([[40.0, 24.0]]), 64)
     c = centroids(sim(scale=2.0).apply_to_images(img, "zeros"))
-    torch.testing.assert_close(c, torch.tensor([[48.0, 16.0]], dtype=torch.float64), atol=0.05, rtol=0)
+    expected = torch.tensor([[48.0, 16.0]], dtype=torch.float64)
+    torch.testing.assert_close(c, expected, atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize("kind", sorted(WARP_FACTORIES))
@@ -188,7 +190,8 @@ def test_warped_coordinate_image_reads_back_source_point(kind):
     pixels = warped.flatten(2).transpose(1, 2)[:, ::7]
     torch.testing.assert_close(pixels[inside], p[inside], atol=1e-5, rtol=0)
     forward = warp.map_points(p)
-    torch.testing.assert_close(warp.inverse_map_points(forward)[inside], p[inside], atol=1e-4, rtol=0)
+    back = warp.inverse_map_points(forward)
+    torch.testing.assert_close(back[inside], p[inside], atol=1e-4, rtol=0)
     same = ((forward - q).abs().amax(-1) < 1e-4)[inside]
     assert same.float().mean() > 0.98
 
@@ -205,12 +208,15 @@ def test_composition_matches_sequential_application():
     both = compose(a, b)
     p = torch.rand(3, 7, 2, generator=gen(7)) - 0.5
     torch.testing.assert_close(both.map_points(p), b.map_points(a.map_points(p)))
-    torch.testing.assert_close(both.inverse_map_points(p), a.inverse_map_points(b.inverse_map_points(p)))
+    back = a.inverse_map_points(b.inverse_map_points(p))
+    torch.testing.assert_close(both.inverse_map_points(p), back)
     x = ramp_images(3, 32)
     once = both.apply_to_images(x)
     twice = b.apply_to_images(a.apply_to_images(x))
     centre = slice(8, 24)  # away from the padded border
-    torch.testing.assert_close(once[..., centre, centre], twice[..., centre, centre], atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        once[..., centre, centre], twice[..., centre, centre], atol=2e-3, rtol=0
+    )
 
 
 # --------------------------------------------------------------------- inverses
@@ -238,8 +244,8 @@ def test_tps_round_trip(kind):
 
 
 def test_tps_interpolates_control_points():
-    source = control_lattice(4).float().expand(2, -1, -1) + 0.05 * torch.randn(2, 16, 2, generator=gen(12))
     target = control_lattice(4).float().expand(2, -1, -1).clone()
+    source = target + 0.05 * torch.randn(2, 16, 2, generator=gen(12))
     w = TPSWarp.from_control_points(source, target)
     torch.testing.assert_close(w.map_points(source), target, atol=1e-5, rtol=0)
     torch.testing.assert_close(w.inverse_map_points(target), source, atol=1e-5, rtol=0)
@@ -261,7 +267,9 @@ def test_tps_eval_matches_kornia_and_reproduces_affine():
     targets = centres + 0.1 * torch.randn(3, 25, 2, generator=gen(15), dtype=torch.float64)
     kernel, affine = solve_tps(centres, targets)
     p = torch.rand(3, 50, 2, generator=gen(16), dtype=torch.float64) * 2 - 1
-    torch.testing.assert_close(tps_eval(p, centres, kernel, affine), warp_points_tps(p, centres, kernel, affine))
+    torch.testing.assert_close(
+        tps_eval(p, centres, kernel, affine), warp_points_tps(p, centres, kernel, affine)
+    )
     torch.testing.assert_close(tps_eval(centres, centres, kernel, affine), targets)
     # Affine targets give zero kernel weights (the TPS reproduces affine maps).
     matrix = torch.tensor([[1.1, 0.2], [-0.1, 0.9]], dtype=torch.float64)
@@ -273,8 +281,11 @@ def test_tps_jacobian_matches_autograd():
     w = random_tps(1, grid=5, sigma=0.1, generator=gen(17), dtype=torch.float64)
     p = torch.rand(1, 4, 2, generator=gen(18), dtype=torch.float64) - 0.5
     jac = tps_jacobian(p, w.centres, w.kernel_weights, w.affine_weights)
+
+    def f(v):
+        return tps_eval(v.view(1, 1, 2), w.centres, w.kernel_weights, w.affine_weights).view(2)
+
     for n in range(4):
-        f = lambda v: tps_eval(v.view(1, 1, 2), w.centres, w.kernel_weights, w.affine_weights).view(2)  # noqa: E731
         torch.testing.assert_close(jac[0, n], torch.autograd.functional.jacobian(f, p[0, n]))
 
 
@@ -288,7 +299,9 @@ def test_identity_parameters_give_identity():
         identity_warp(2),
         random_similarity(2, generator=gen(21)),  # all ranges zero
         random_tps(2, grid=5, sigma=0.0, generator=gen(22)),
-        random_zhang_warp(2, gen(23), tps_sigma=0.0, rotation_std_deg=0.0, scale_log_std=0.0, translation=0.0),
+        random_zhang_warp(
+            2, gen(23), tps_sigma=0.0, rotation_std_deg=0.0, scale_log_std=0.0, translation=0.0
+        ),
     ]
     for w in warps:
         torch.testing.assert_close(w.apply_to_images(x), x, atol=1e-5, rtol=0)
@@ -335,6 +348,16 @@ def test_dtype_preserved(dtype):
     # Extra batch dims are kept; a batch of 1 broadcasts.
     assert w.map_points(torch.zeros(2, 4, 3, 2, dtype=dtype)).shape == (2, 4, 3, 2)
     assert w.map_points(torch.zeros(1, 5, 2, dtype=dtype)).shape == (2, 5, 2)
+
+
+def test_to_keeps_the_warp():
+    w = random_zhang_warp(3, gen(34))
+    w64 = w.to(dtype=torch.float64)
+    assert w64.dtype == torch.float64 and w64.inverse().dtype == torch.float64
+    p = torch.rand(3, 5, 2, dtype=torch.float64) - 0.5
+    expected = w.map_points(p.float()).double()
+    torch.testing.assert_close(w64.map_points(p), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w64.inverse().map_points(p), w64.inverse_map_points(p))
 
 
 def test_non_cpu_generator_rejected():

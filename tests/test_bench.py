@@ -1,0 +1,44 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench.bench import bench_command, bench_config
+
+KEYS = {"method", "preset", "image_size", "batch_size", "K", "images_per_second", "seconds_per_step",
+        "peak_memory_mb", "device", "threads", "torch"}
+TINY = ["--preset", "small", "--image-size", "32", "--batch-size", "2", "--K", "3", "--steps", "1", "--warmup", "1",
+        "--perceptual", "none", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("method", ["baseline", "inter_intra", "tiny"])
+def test_bench_prints_one_json_line(test_plugin, method):
+    result = CliRunner().invoke(bench_command, ["--method", method, *TINY])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert KEYS <= set(record)
+    assert record["method"] == method and record["batch_size"] == 2 and record["K"] == 3
+    assert record["images_per_second"] > 0 and record["peak_memory_mb"] > 0 and record["device"] == "cpu"
+
+
+def test_bench_is_a_plugin_command_of_the_cli(fresh_plugins):
+    from lmbench.cli import _add_plugin_commands, cli
+
+    _add_plugin_commands()
+    _add_plugin_commands()  # idempotent
+    assert cli.commands["bench"] is bench_command
+
+
+def test_unknown_method_is_a_usage_error(fresh_plugins):
+    result = CliRunner().invoke(bench_command, ["--method", "nope", *TINY])
+    assert result.exit_code == 2 and "unknown method 'nope'" in result.output
+
+
+def test_paper_preset_is_the_original_architecture():
+    config = bench_config("inter_intra", preset="paper")
+    assert (config.detector.channels, config.detector.depth) == (256, 4)
+    assert (config.generator.conv_dim, config.generator.res_blocks) == (32, 6)
+    assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
+    assert bench_config("inter_intra", preset="small").detector.channels == 96

@@ -1,0 +1,205 @@
+"""Wiring of Li et al.'s methods, checked with small spy networks that record their inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmbench.config import RunConfig
+from lmbench.methods.inter_intra import Cycle, InterIntra, InterSubject, derangement
+from lmbench.nn.perceptual import PerceptualLoss
+from lmbench.weights import expected_shapes
+
+B, K, S = 4, 3, 16
+
+
+class SpyDetector(nn.Module):
+    """1x1 conv + 4x4 average pool (maps at 1/4 size, no BatchNorm); records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, K, 1)
+        self.calls = []
+
+    def forward(self, images):
+        self.calls.append(images.detach().clone())
+        return F.avg_pool2d(self.conv(images), 4) * 10
+
+
+class SpyGenerator(nn.Module):
+    """Output depends on both the appearance and the heatmaps; records (appearance, heatmaps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Conv2d(3, 3, 1)
+        self.maps = nn.Conv2d(K, 3, 1)
+        self.calls = []
+
+    def forward(self, appearance, heatmaps):
+        heatmaps.retain_grad()
+        out = torch.sigmoid(self.image(appearance) + F.interpolate(self.maps(heatmaps), scale_factor=4))
+        self.calls.append({"appearance": appearance, "heatmaps": heatmaps, "output": out})
+        return out
+
+
+def build(cls):
+    config = RunConfig(K=K, image_size=S, batch_size=B)
+    config.perceptual.backbone = "none"
+    torch.manual_seed(0)
+    return cls(config, detector=SpyDetector(), generator=SpyGenerator())
+
+
+def run_losses(method, seed=3):
+    """The method's terms, plus the (x, x', perm) it must have drawn from the same generator."""
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    terms = method.losses(images, torch.Generator().manual_seed(seed))
+    replay = torch.Generator().manual_seed(seed)
+    x, x_prime, _ = method.make_pair(images, replay)
+    perm = derangement(B, replay) if not isinstance(method, Cycle) else None
+    _, heatmaps = method.bottleneck(F.avg_pool2d(method.detector.conv(torch.cat([x, x_prime])), 4) * 10)
+    h_x, h_prime = heatmaps.chunk(2)
+    return terms, x, x_prime, perm, h_x, h_prime
+
+
+def close(a, b):
+    return a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+
+
+def check_single_detector_call(method, x, x_prime):
+    assert len(method.detector.calls) == 1, "H(x) and H(x') must come from one detector call"
+    assert close(method.detector.calls[0], torch.cat([x, x_prime]))
+
+
+def test_inter_subject_routes_x_through_the_auxiliary_structure_to_x_prime():
+    method = build(InterSubject)
+    terms, x, x_prime, perm, h_x, h_prime = run_losses(method)
+    check_single_detector_call(method, x, x_prime)
+    first, second = method.generator.calls
+    assert close(first["appearance"], x) and close(first["heatmaps"], h_x[perm])  # I_a = G(x, H(x^a))
+    assert close(second["appearance"], first["output"]) and close(second["heatmaps"], h_prime)  # G(I_a, H(x'))
+    assert set(terms) == {"pixel"}
+    assert math.isclose(terms["pixel"].item(), F.mse_loss(second["output"], x_prime).item(), rel_tol=1e-6)
+
+
+def test_cycle_runs_the_baseline_both_ways_in_one_generator_call():
+    method = build(Cycle)
+    terms, x, x_prime, _, h_x, h_prime = run_losses(method)
+    check_single_detector_call(method, x, x_prime)
+    (call,) = method.generator.calls
+    assert close(call["appearance"], torch.cat([x_prime, x]))  # G(x', H(x)) and G(x, H(x'))
+    assert close(call["heatmaps"], torch.cat([h_x, h_prime]))
+    to_x, to_prime = call["output"].chunk(2)
+    assert math.isclose(terms["pixel_x"].item(), F.mse_loss(to_x, x).item(), rel_tol=1e-6)
+    assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(to_prime, x_prime).item(), rel_tol=1e-6)
+
+
+def test_inter_intra_runs_both_paths_in_two_generator_calls():
+    method = build(InterIntra)
+    terms, x, x_prime, perm, h_x, h_prime = run_losses(method)
+    check_single_detector_call(method, x, x_prime)
+    first, second = method.generator.calls
+    # First stage: x and x' both redrawn in the structure of x^a = x[perm].
+    assert close(first["appearance"], torch.cat([x, x_prime]))
+    assert close(first["heatmaps"], torch.cat([h_x[perm], h_x[perm]]))
+    # Second stage: G(I_a, H(x')) -> compared with x';  G(I'_a, H(x)) -> compared with x.
+    assert close(second["appearance"], first["output"])
+    assert close(second["heatmaps"], torch.cat([h_prime, h_x]))
+    to_prime, to_x = second["output"].chunk(2)
+    assert set(terms) == {"pixel_x", "pixel_xp"}
+    assert math.isclose(terms["pixel_x"].item(), F.mse_loss(to_x, x).item(), rel_tol=1e-6)
+    assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(to_prime, x_prime).item(), rel_tol=1e-6)
+
+
+def nonzero_rows(grad):
+    return [bool(row.abs().sum() > 0) for row in grad.flatten(1)] if grad is not None else None
+
+
+@pytest.mark.parametrize("term", ["pixel_x", "pixel_xp"])
+def test_inter_intra_gradients_follow_each_path(term):
+    """Backprop one path's term: the detector gets gradient, and exactly that path's
+    heatmap inputs (and no others) receive it."""
+    method = build(InterIntra)
+    terms, *_ = run_losses(method)
+    method.zero_grad()
+    terms[term].backward()
+    assert method.detector.conv.weight.grad.abs().sum() > 0
+    first, second = method.generator.calls
+    to_x = term == "pixel_x"
+    # Stage 1 rows: [x | x'] appearances; the path to x starts from x', the path to x' from x.
+    assert nonzero_rows(first["heatmaps"].grad) == [not to_x] * B + [to_x] * B
+    # Stage 2 rows: [to x' | to x].
+    assert nonzero_rows(second["heatmaps"].grad) == [not to_x] * B + [to_x] * B
+
+
+@pytest.mark.parametrize("cls,terms_expected", [(InterSubject, ["pixel"]), (Cycle, ["pixel_x", "pixel_xp"])])
+def test_detector_gets_gradient_from_every_term(cls, terms_expected):
+    method = build(cls)
+    terms, *_ = run_losses(method)
+    assert sorted(terms) == terms_expected
+    for name in terms_expected:
+        method.zero_grad()
+        terms[name].backward(retain_graph=True)
+        assert method.detector.conv.weight.grad.abs().sum() > 0, name
+        assert method.generator.maps.weight.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 16, 48])
+def test_derangement_is_a_fixed_point_free_single_cycle(n):
+    perm = derangement(n, torch.Generator().manual_seed(n))
+    assert sorted(perm.tolist()) == list(range(n))
+    assert all(perm[i] != i for i in range(n))
+    seen, i = set(), 0
+    while i not in seen:  # Sattolo: one cycle through every index
+        seen.add(i)
+        i = int(perm[i])
+    assert len(seen) == n
+
+
+def test_derangement_is_deterministic_per_generator_and_varies_across_seeds():
+    a = derangement(16, torch.Generator().manual_seed(7))
+    assert torch.equal(a, derangement(16, torch.Generator().manual_seed(7)))
+    assert len({tuple(derangement(16, torch.Generator().manual_seed(s)).tolist()) for s in range(10)}) == 10
+
+
+def test_derangement_covers_all_cyclic_permutations():
+    g = torch.Generator().manual_seed(0)
+    counts = {}
+    for _ in range(600):
+        key = tuple(derangement(4, g).tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 6 and min(counts.values()) > 60  # (4-1)! cycles, ~100 each
+
+
+def test_derangement_needs_two_images():
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1, torch.Generator())
+
+
+def test_split_terms_equal_per_chunk_terms_with_a_perceptual_trunk():
+    torch.manual_seed(0)
+    weights = {k: torch.randn(shape) * 0.1 for k, shape in expected_shapes("vgg16").items()}
+    perceptual = PerceptualLoss("vgg16", layers=["relu1_2", "relu2_1"], weights=weights)
+    config = RunConfig(K=K)
+    method = InterIntra(config, perceptual=perceptual, detector=SpyDetector(), generator=SpyGenerator())
+    outputs, targets = torch.rand(2 * B, 3, S, S), torch.rand(2 * B, 3, S, S)
+    split = method.reconstruction_terms_split(outputs, targets, method.target_features(targets), ("_a", "_b"))
+    for tag, out, tgt in zip(("_a", "_b"), outputs.chunk(2), targets.chunk(2)):
+        single = method.reconstruction_terms(out, tgt, method.target_features(tgt), tag)
+        for name, value in single.items():
+            assert torch.allclose(split[name], value, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("name", ["inter_subject", "cycle", "inter_intra"])
+def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
+    from lmbench.runner import run
+
+    config = RunConfig(method=name, dataset="blobs", K=3, steps=2, batch_size=4, image_size=32, log_every=1,
+                       checkpoint_every=2, seed=1, device="cpu")
+    config.detector.channels, config.detector.depth, config.detector.stem_channels = 16, 1, 8
+    config.generator.conv_dim, config.generator.res_blocks = 4, 1
+    config.perceptual.backbone = "none"
+    metrics = run(config, tmp_path / name)
+    assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
+    assert (tmp_path / name / "checkpoint.pt").exists()
