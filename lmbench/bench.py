@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lmbench import registry
-from lmbench.config import RunConfig
+from lmbench.config import RunConfig, apply_override
 from lmbench.data import ImageSplit, to_normalized
 from lmbench.hookspecs import hookimpl
 
@@ -44,10 +44,14 @@ def bench_config(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     config = RunConfig(method=method, K=K, image_size=image_size, batch_size=batch_size, device=device, threads=threads)
+    defaults = registry.get_method(method).config_defaults
+    for key, value in defaults.items():  # the method's own defaults, as `lmbench run` applies them
+        apply_override(config, f"{key}={json.dumps(value)}")
     if preset == "paper":
         config.detector.channels, config.detector.depth, config.detector.stem_channels = 256, 4, 64
         config.generator.conv_dim, config.generator.res_blocks = 32, 6
-        config.perceptual.backbone, config.perceptual.layers = "vgg16", None
+        if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss
+            config.perceptual.backbone, config.perceptual.layers = "vgg16", None
     if perceptual:
         config.perceptual.backbone = perceptual
     if perceptual_weights:

@@ -210,9 +210,7 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
         raise click.UsageError("--resume needs --out: the run directory to continue")
     run_dir = Path(out_dir) if out_dir else default_run_dir(config)
     if resume and (run_dir / "config.json").exists():
-        config = saved_config(run_dir)  # the run's own settings; only --steps may extend it
-        if steps is not None:
-            config.steps = steps
+        config = _resumed_config(run_dir, config, steps, overrides)
     options = TrainOptions(amp=amp, channels_last=channels_last, compile=compile_, prefetch=prefetch)
     if environment_rank() != 0:  # another torchrun process: rank 0 reports
         run(config, run_dir, resume=resume, options=options)
@@ -222,6 +220,35 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     with progress:
         metrics = run(config, run_dir, resume=resume, on_step=on_step, options=options)
     _print_metrics(metrics, run_dir)
+
+
+def _resumed_config(run_dir: Path, requested, steps, overrides):
+    """The saved run's settings, for --resume; --steps extends them and --set refines them.
+
+    An option given explicitly on the command line that contradicts the saved run (another
+    method, K, dataset or seed) is a usage error, never silently replaced.
+    """
+    from click.core import ParameterSource
+
+    from lmbench.config import apply_override
+    from lmbench.runner import saved_config
+
+    config = saved_config(run_dir)
+    context = click.get_current_context()
+    explicit = {name for name in ("method", "K", "dataset", "seed")
+                if context.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    clashes = [f"--{name} {getattr(requested, name)} (saved: {getattr(config, name)})" for name in sorted(explicit)
+               if getattr(requested, name) != getattr(config, name)]
+    if clashes:
+        raise click.UsageError(f"--resume: {run_dir / 'config.json'} is a different run: {', '.join(clashes)}")
+    if steps is not None:
+        config.steps = steps
+    for assignment in overrides:  # e.g. a lower optim.lr after the non-finite guard stopped a run
+        try:
+            apply_override(config, assignment)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--set") from None
+    return config
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:

@@ -35,7 +35,13 @@ SCALAR_METRICS = ("nme", "nme_backward", "failure_rate_10", "auc_10", "nme_mean_
 # config.json settings that never make a run a different variant
 NOT_VARIANTS = {"method", "K", "dataset", "seed", "device", "threads", "data_root", "environment", "dataset_info",
                 "perceptual_weights_source", "checkpoint_every", "log_every", "eval_batch_size", "protocol.name",
-                "protocol.floors"}
+                "protocol.floors", "train_options"}
+
+
+def _is_variant_key(key: str) -> bool:
+    """Whether a flattened config key can make a run a different variant (prefixes count too)."""
+    parts = key.split(".")
+    return not any(".".join(parts[:i]) in NOT_VARIANTS for i in range(1, len(parts) + 1))
 PUBLISHED_COLUMNS = ("source", "citation", "method", "K", "dataset", "metric", "n_fit", "value", "protocol", "note")
 
 
@@ -100,7 +106,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
             "protocol_record": protocol,
             "nme_by_protocol": metrics.get("nme_by_protocol") or {},
             "evaluation": _read_optional(run / "evaluation.json"),
-            "config_flat": {k: v for k, v in _flatten(config).items() if k not in NOT_VARIANTS},
+            "config_flat": {k: v for k, v in _flatten(config).items() if _is_variant_key(k)},
             "run": str(run),
         })
     columns = [*REQUIRED, *OPTIONAL, "supervised", "protocol", "protocol_record", "nme_by_protocol", "evaluation",

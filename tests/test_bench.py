@@ -42,3 +42,11 @@ def test_paper_preset_is_the_original_architecture():
     assert (config.generator.conv_dim, config.generator.res_blocks) == (32, 6)
     assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
     assert bench_config("inter_intra", preset="small").detector.channels == 96
+
+
+def test_bench_applies_the_methods_own_defaults():
+    config = bench_config("zhang", preset="paper")
+    # zhang's original has no perceptual loss and TF-Adam betas: bench times what `run` trains.
+    assert config.perceptual.backbone == "none" and tuple(config.optim.betas) == (0.9, 0.999)
+    assert config.detector.channels == 256
+    assert bench_config("zhang", preset="paper", perceptual="alexnet").perceptual.backbone == "alexnet"

@@ -74,3 +74,20 @@ def test_run_eval_report_end_to_end(runner, test_plugin, tmp_path):
 def test_eval_of_a_non_run_directory_fails_cleanly(runner, fresh_plugins, tmp_path):
     result = runner.invoke(cli, ["eval", str(tmp_path)])
     assert result.exit_code == 1 and "config.json" in result.output
+
+
+def test_resume_refuses_a_different_run_and_applies_set(runner, test_plugin, tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "--method", "tiny", "--dataset", "blobs", "--K", "3", "--steps", "2", "--batch-size", "4",
+            "--image-size", "32", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    clash = runner.invoke(cli, ["run", "--method", "tiny", "--dataset", "blobs", "--K", "4", "--out", str(out),
+                                "--resume"])
+    assert clash.exit_code == 2 and "--K 4 (saved: 3)" in clash.output
+    # Options left at their defaults come from the saved run; --steps extends it and --set refines it.
+    resumed = runner.invoke(cli, ["run", "--method", "tiny", "--out", str(out), "--resume", "--steps", "3",
+                                  "--set", "optim.lr=0.0005"])
+    assert resumed.exit_code == 0, resumed.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["K"] == 3 and config["dataset"] == "blobs" and config["steps"] == 3
+    assert config["optim"]["lr"] == 0.0005

@@ -36,7 +36,13 @@ def _make_run(root, name, method, seed, *, noise=2.0, protocols=("lmbench",), su
     if supervised:
         metrics["supervised"] = True
     atomic.write_json(run / "metrics.json", metrics)
-    atomic.write_json(run / "config.json", {"method": method, "seed": seed, "optim": {"lr": lr}})
+    # Nested records that differ between seeds and machines, as real config.json files have.
+    atomic.write_json(run / "config.json", {
+        "method": method, "seed": seed, "optim": {"lr": lr},
+        "dataset_info": {"seed": seed, "render_version": 1},
+        "environment": {"torch": f"2.{seed}.0"},
+        "train_options": {"world_size": seed + 1},
+    })
     return run
 
 

@@ -157,7 +157,7 @@ def test_mean_shape_is_far_from_good_and_faces_are_big_enough():
 
 def test_cache_round_trip(tmp_path, monkeypatch):
     sizes = dict(train_size=3, reg_train_size=2, test_size=2)
-    built = S.build_synthetic(root=tmp_path, image_size=24, seed=5, **sizes)
+    built = S.build_synthetic(root=tmp_path, image_size=24, render_seed=5, **sizes)
     expected = {tmp_path / f"v{S.RENDER_VERSION}-s5-24-{split}-{n}.npz" for split, n in
                 (("train", 3), ("reg_train", 2), ("test", 2))}
     assert set(tmp_path.glob("*.npz")) == expected
@@ -165,11 +165,11 @@ def test_cache_round_trip(tmp_path, monkeypatch):
 
     S.clear_memory_cache()
     monkeypatch.setattr(S, "render_faces", lambda *a, **k: pytest.fail("should load from the disk cache"))
-    loaded = S.build_synthetic(root=tmp_path, image_size=24, seed=5, **sizes)
+    loaded = S.build_synthetic(root=tmp_path, image_size=24, render_seed=5, **sizes)
     for split in ("train", "reg_train", "test"):
         np.testing.assert_array_equal(loaded.split(split).images, built.split(split).images)
         np.testing.assert_array_equal(loaded.split(split).points, built.split(split).points)
-    again = S.build_synthetic(root=tmp_path, image_size=24, seed=5, **sizes)
+    again = S.build_synthetic(root=tmp_path, image_size=24, render_seed=5, **sizes)
     assert again.train.images is loaded.train.images  # served from memory
 
 
@@ -196,3 +196,13 @@ def test_corrupt_cache_file_is_rendered_again(tmp_path):
     data = S.build_synthetic(root=tmp_path, image_size=16, train_size=1, reg_train_size=1, test_size=2)
     np.testing.assert_array_equal(data.test.images[0], S.render_face(0, 2 * 10**6, 16)[0])
     assert S._read_cache(path, 16, 2) is not None
+
+
+def test_the_run_seed_does_not_change_the_faces_but_render_seed_does():
+    sizes = dict(image_size=24, train_size=2, reg_train_size=2, test_size=2, cache=False)
+    a = S.build_synthetic(seed=0, **sizes)
+    b = S.build_synthetic(seed=3, **sizes)
+    c = S.build_synthetic(seed=0, render_seed=1, **sizes)
+    np.testing.assert_array_equal(a.test.images, b.test.images)
+    assert not np.array_equal(a.test.images, c.test.images)
+    assert a.info["render_seed"] == 0 and c.info["render_seed"] == 1
