@@ -215,7 +215,7 @@ def pretrain(config: RunConfig, run_dir: Path, *, sigma: float = 1.0, augment: b
 @click.option("--dataset", default="mpii", show_default=True, help="A registered dataset with annotated points.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the dataset's files are.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory.  [default: runs/pretrain-<dataset>-s<seed>-<time>]")
-@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1500]")
+@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1000]")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per step.  [default: 16]")
 @click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels.  [default: 64]")
 @click.option("--channels", type=click.IntRange(8), help="Hourglass channels.  [default: RunConfig's]")

@@ -58,6 +58,18 @@ def build_method(config: RunConfig) -> LandmarkMethod:
     return registry.get_method(config.method).builder(config)
 
 
+def check_protocol_fits(config: RunConfig, data: DatasetSplits) -> None:
+    """Fail early when the evaluation protocol needs something the dataset does not provide."""
+    protocol = config.protocol
+    if protocol.coordinates == "original":
+        lacking = [s for s in (protocol.fit_split, protocol.test_split)
+                   if getattr(data.split(s), "to_original", None) is None]
+        if lacking:
+            raise RunError(f"protocol {protocol.name!r} measures errors in original-image pixels, but dataset "
+                           f"{config.dataset!r} does not record the mapping back to its original images "
+                           f"(split {lacking[0]!r}); choose another --protocol")
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -143,6 +155,7 @@ def run(
         t_data = time.perf_counter()
         data = build_dataset(config)
         data_seconds = time.perf_counter() - t_data
+        check_protocol_fits(config, data)  # before training, not after it
         method = build_method(config)
         train_split = data.split(method.train_split)
         if method.uses_labels and train_split.points is None:

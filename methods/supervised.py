@@ -37,6 +37,7 @@ import torch
 from lmbench.config import RunConfig
 from lmbench.hookspecs import hookimpl
 from lmbench.method import LandmarkMethod
+from lmbench.adapt import initialise_detector
 from lmbench.nn.bottleneck import render_gaussians, softargmax, spatial_softmax
 from lmbench.nn.discriminator import (
     PatchDiscriminator,
@@ -104,7 +105,7 @@ class SupervisedReference(LandmarkMethod):
         if o["adversarial_weight"] < 0:
             raise ValueError(f"method {self.name!r}: method_options.adversarial_weight must be >= 0")
         det = config.detector
-        self.detector = HourglassDetector(config.K, det.channels, det.depth, det.stem_channels)
+        self.detector = initialise_detector(HourglassDetector(config.K, det.channels, det.depth, det.stem_channels), det)
         self.extra_split = None
         if o["adversarial_weight"] > 0:
             self.discriminator = PatchDiscriminator(3 + config.K, o["disc_channels"])

@@ -138,3 +138,17 @@ def test_generative_method_applies_the_initialisation(tmp_path):
     method.eval(), source.eval()
     torch.testing.assert_close(method.detector(images), source(images), rtol=0, atol=1e-6)
     assert config.to_dict()["detector"]["adapt"] == "incremental"
+
+
+@pytest.mark.parametrize("method", ["baseline", "zhang", "supervised_sam", "supervised_laplacekl"])
+def test_every_method_starts_its_detector_from_detector_init(tmp_path, method):
+    from lmbench.registry import get_method
+
+    source, path = pretrained(tmp_path, num_maps=5)
+    config = RunConfig(method=method, K=5, detector=DetectorConfig(**ARCH, init=str(path), adapt="finetune"))
+    config.perceptual.backbone = "none"
+    built = get_method(method).builder(config)
+    loaded = built.detector.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("head"):  # zhang's head has K + 1 maps: re-initialised
+            torch.testing.assert_close(loaded[key], value)

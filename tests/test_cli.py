@@ -91,3 +91,11 @@ def test_resume_refuses_a_different_run_and_applies_set(runner, test_plugin, tmp
     config = json.loads((out / "config.json").read_text())
     assert config["K"] == 3 and config["dataset"] == "blobs" and config["steps"] == 3
     assert config["optim"]["lr"] == 0.0005
+
+
+def test_a_protocol_the_dataset_cannot_serve_fails_before_training(runner, test_plugin, tmp_path):
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["run", "--method", "tiny", "--dataset", "blobs", "--K", "3", "--steps", "2",
+                                 "--batch-size", "4", "--image-size", "32", "--protocol", "mallis", "--out", str(out)])
+    assert result.exit_code == 1 and "original-image pixels" in result.output and "'mallis'" in result.output
+    assert not (out / "checkpoint.pt").exists()
