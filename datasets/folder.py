@@ -1,8 +1,8 @@
 """``folder``: any directory of images (searched recursively), for unsupervised training only.
 
 There are no annotations: ``reg_train`` and ``test`` are empty splits without points, so
-evaluating on ``folder`` stops with an error naming the split that has no annotations.
-Train on ``folder`` and evaluate the checkpoint on an annotated dataset instead.
+``lmbench run`` trains, writes the checkpoint and records that nothing was evaluated;
+``lmbench eval RUN --dataset NAME`` then scores the checkpoint on an annotated dataset.
 Default protocol ``center_crop`` (the central square of each image).
 """
 

@@ -252,6 +252,10 @@ def _resumed_config(run_dir: Path, requested, steps, overrides):
 
 
 def _print_metrics(metrics: dict, run_dir: Path) -> None:
+    if metrics.get("evaluated") is False:
+        out.print(f"trained {metrics.get('train_seconds', 0):.0f}s at {metrics.get('images_per_second', 0):.1f} img/s; "
+                  f"not evaluated: {metrics['not_evaluated_because']}\nrun directory: {run_dir}", highlight=False)
+        return
     out.print(
         f"[bold]NME[/] {metrics['nme']:.2f}%  (mean shape {metrics['nme_mean_shape']:.2f}%)  "
         f"train {metrics.get('train_seconds', 0):.0f}s at {metrics.get('images_per_second', 0):.1f} img/s\n"
@@ -267,13 +271,17 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
                    "[default: the run's own protocol]")
 @click.option("--floors/--no-floors", default=None,
               help="Score an untrained detector of the same architecture too.  [default: protocol.floors]")
-def eval_command(run_dir, device, protocols, floors) -> None:
+@click.option("--dataset", callback=dataset_name, help="Score on this dataset instead of the run's own "
+              "(e.g. a `folder` run on an annotated set).")
+@click.option("--data-root", type=click.Path(file_okay=False, exists=True), help="Where that dataset's files are.")
+def eval_command(run_dir, device, protocols, floors, dataset, data_root) -> None:
     """Re-evaluate a saved run from its checkpoint."""
     from lmbench.protocols import ALIASES
     from lmbench.runner import reevaluate
 
     names = [ALIASES.get(name.lower(), name.lower()) for name in protocols]
-    metrics = reevaluate(Path(run_dir), device=device, protocols=names or None, floors=floors)
+    metrics = reevaluate(Path(run_dir), device=device, protocols=names or None, floors=floors, dataset=dataset,
+                         data_root=data_root)
     _print_metrics(metrics, Path(run_dir))
     for name, entry in metrics.get("nme_by_protocol", {}).items():
         if name in names:

@@ -86,6 +86,8 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
             metrics = atomic.read_json(path)
             if not isinstance(metrics, dict):
                 raise ValueError("expected a JSON object")
+            if metrics.get("evaluated") is False:
+                raise ValueError(f"not evaluated ({metrics.get('not_evaluated_because', 'no annotations')})")
             missing = [key for key in REQUIRED if key not in metrics]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")

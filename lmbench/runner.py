@@ -58,6 +58,12 @@ def build_method(config: RunConfig) -> LandmarkMethod:
     return registry.get_method(config.method).builder(config)
 
 
+def unannotated_splits(config: RunConfig, data: DatasetSplits) -> list[str]:
+    """The protocol's fit and test splits that have no annotated points (nothing to score)."""
+    wanted = dict.fromkeys((config.protocol.fit_split, config.protocol.test_split))
+    return [s for s in wanted if data.split(s).points is None or len(data.split(s)) == 0]
+
+
 def check_protocol_fits(config: RunConfig, data: DatasetSplits) -> None:
     """Fail early when the evaluation protocol needs something the dataset does not provide."""
     protocol = config.protocol
@@ -188,7 +194,13 @@ def run(
             "final_loss": result.final_loss,
         }
         t_eval = time.perf_counter()
-        metrics.update(evaluate_run(method, data, config, run_dir, device))
+        unannotated = unannotated_splits(config, data)
+        if unannotated:  # e.g. `folder`: training only; score it later on an annotated dataset
+            metrics.update(evaluated=False, not_evaluated_because=(
+                f"dataset {config.dataset!r} has no annotations in split(s) {', '.join(unannotated)}; score this "
+                f"checkpoint with `lmbench eval {run_dir} --dataset NAME` on an annotated dataset"))
+        else:
+            metrics.update(evaluate_run(method, data, config, run_dir, device))
         metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
         atomic.write_json(run_dir / METRICS, metrics)
         world.barrier()
@@ -204,21 +216,33 @@ def saved_config(run_dir: Path) -> RunConfig:
 
 
 def reevaluate(run_dir: Path, *, device: str = "auto", protocol_overrides: dict | None = None,
-               protocols: list[str] | None = None, floors: bool | None = None) -> dict:
+               protocols: list[str] | None = None, floors: bool | None = None,
+               dataset: str | None = None, data_root: str | None = None) -> dict:
     """``lmbench eval``: rebuild the method from config.json and score the saved checkpoint.
 
     ``protocols`` (preset names) are added to ``nme_by_protocol``; the top-level metrics
-    change only when the run's own protocol is among them (or no names are given)."""
+    change only when the run's own protocol is among them (or no names are given).
+    ``dataset`` scores the checkpoint on another dataset than it was trained on (for
+    example a ``folder`` run on an annotated set); metrics.json then records both."""
     if not (run_dir / CONFIG).exists():
         raise RunError(f"{run_dir}: no {CONFIG}; is this a run directory?")
     if not (run_dir / CHECKPOINT).exists():
         raise RunError(f"{run_dir}: no {CHECKPOINT} to evaluate")
     config = saved_config(run_dir)
+    train_dataset = config.dataset
+    if dataset is not None and dataset != config.dataset:
+        config.dataset, config.data_root, config.dataset_options = dataset, data_root, {}
+    elif data_root is not None:
+        config.data_root = data_root
     if protocol_overrides:
         config.protocol = type(config.protocol)(**{**asdict(config.protocol), **protocol_overrides})
     config.device = device
     torch_device = resolve_device(device)
     data = build_dataset(config)
+    unannotated = unannotated_splits(config, data)
+    if unannotated:
+        raise RunError(f"dataset {config.dataset!r} has no annotations in split(s) {', '.join(unannotated)}: "
+                       "nothing to score; pass --dataset NAME of an annotated dataset")
     method = build_method(config)
     method.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
     method.to(torch_device)
@@ -227,8 +251,12 @@ def reevaluate(run_dir: Path, *, device: str = "auto", protocol_overrides: dict 
     chosen = [config.protocol if name == config.protocol.name else get_protocol(name) for name in protocols or []]
     metrics = atomic.read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else {}
     update = evaluate_run(method, data, config, run_dir, torch_device, protocols=chosen or None, floors=floors)
+    if metrics.get("dataset", config.dataset) != config.dataset:  # scored elsewhere: earlier scores do not carry over
+        metrics.pop("nme_by_protocol", None)
     by_protocol = {**metrics.get("nme_by_protocol", {}), **update.pop("nme_by_protocol")}
     metrics.update(update)
+    metrics.pop("not_evaluated_because", None)
+    metrics.update(dataset=config.dataset, train_dataset=train_dataset, evaluated=True)
     metrics["nme_by_protocol"] = by_protocol
     atomic.write_json(run_dir / METRICS, metrics)
     return metrics

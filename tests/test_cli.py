@@ -99,3 +99,31 @@ def test_a_protocol_the_dataset_cannot_serve_fails_before_training(runner, test_
                                  "--batch-size", "4", "--image-size", "32", "--protocol", "mallis", "--out", str(out)])
     assert result.exit_code == 1 and "original-image pixels" in result.output and "'mallis'" in result.output
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_folder_run_trains_then_is_scored_on_an_annotated_dataset(runner, test_plugin, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "cats"
+    images.mkdir()
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "runs" / "cats"
+    result = runner.invoke(cli, ["run", "--method", "tiny", "--dataset", "folder", "--data-root", str(images),
+                                 "--K", "3", "--steps", "2", "--batch-size", "2", "--image-size", "32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # rich wraps long lines
+    assert "not evaluated" in printed and "--dataset NAME" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated"] is False and (out / "checkpoint.pt").exists()
+    with pytest.warns(UserWarning, match="not evaluated"):
+        assert runner.invoke(cli, ["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md"),
+                                   "--no-plots"]).exit_code == 0
+
+    result = runner.invoke(cli, ["eval", str(out), "--dataset", "blobs"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated"] is True and metrics["dataset"] == "blobs" and metrics["train_dataset"] == "folder"
+    assert metrics["nme"] >= 0 and "not_evaluated_because" not in metrics
+    assert json.loads((out / "config.json").read_text())["dataset"] == "folder"  # the training record stays
