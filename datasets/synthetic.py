@@ -1011,6 +1011,7 @@ def build_synthetic(
         "generator": "lmbench.datasets.synthetic",
         "render_version": RENDER_VERSION,
         "render_seed": int(render_seed),
+        "original_coordinates": "input",  # rendered at the input size: the inputs are the originals
         "image_size": int(image_size),
         "supersample": SUPERSAMPLE,
         "index_ranges": {split: [r.start, r.stop] for split, r in

@@ -52,11 +52,17 @@ MAFL_SCHEMA = LandmarkSchema(
 
 @dataclass
 class ImageSplit:
-    """One split held as arrays: ``images`` uint8 [N,H,W,3], ``points`` float32 [N,P,2] or None."""
+    """One split held as arrays: ``images`` uint8 [N,H,W,3], ``points`` float32 [N,P,2] or None.
+
+    ``to_original`` [N,2,3], where known, maps input pixels ``p`` to the pixels of the original
+    image's annotation frame (``A @ p + t``): what protocols with ``coordinates="original"``
+    measure in.
+    """
 
     images: np.ndarray
     points: np.ndarray | None = None
     sources: Sequence[str] | None = None
+    to_original: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
@@ -69,6 +75,9 @@ class ImageSplit:
                     f"points must be [N,P,2] matching {self.images.shape[0]} images, "
                     f"got {self.points.shape}"
                 )
+        if self.to_original is not None and self.to_original.shape != (self.images.shape[0], 2, 3):
+            raise ValueError(f"to_original must be [N,2,3] for {self.images.shape[0]} images, "
+                             f"got {self.to_original.shape}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

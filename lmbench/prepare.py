@@ -92,7 +92,8 @@ def fingerprint(listing: Listing, root: Path, settings: dict, skipped: list[dict
 
 # -- decoding ------------------------------------------------------------------------------
 def decode_record(record: Record, protocol: preprocess.Protocol, size: int, box_points=None):
-    """One record -> (uint8 [S,S,3], float32 [P,2] | None). Raises DataError naming the source."""
+    """One record -> (uint8 [S,S,3], float32 [P,2] | None, [2,3] map from input pixels to the
+    annotation frame's pixels). Raises DataError naming the source."""
     where = f"{record.where}: " if record.where else ""
     try:
         with Image.open(record.path) as image:
@@ -102,13 +103,17 @@ def decode_record(record: Record, protocol: preprocess.Protocol, size: int, box_
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{where}corrupt image {record.path}: {error}") from None
     points = record.points
-    if points is not None and record.frame is not None:
+    to_frame = np.ones(2)  # image pixels -> annotation-frame pixels
+    if record.frame is not None:
         height, width = record.frame
-        points = np.asarray(points, np.float64) * [image.size[0] / width, image.size[1] / height]
+        to_frame = np.array([width / image.size[0], height / image.size[1]])
+        if points is not None:
+            points = np.asarray(points, np.float64) / to_frame
     try:
-        return preprocess.apply(protocol, image, points, size, box_points)
+        pixels, mapped, box = preprocess.apply(protocol, image, points, size, box_points)
     except ValueError as error:
         raise DataError(f"{where}{record.path}: {error}") from None
+    return pixels, mapped, preprocess.box_to_source(box, size) * to_frame[:, None]
 
 
 def _progress(enabled: bool):
@@ -121,12 +126,13 @@ def _progress(enabled: bool):
 
 
 def _decode_split(records, protocol, size, box_points, folder: Path, split: str, workers: int, progress) -> tuple:
-    """Decode a split into ``folder/<split>_images.npy``; returns (points or None, [(row, error)])."""
+    """Decode a split into ``folder/<split>_images.npy``; returns (points or None, to_original, [(row, error)])."""
     n = len(records)
     images = np.lib.format.open_memmap(folder / f"{split}_images.npy", mode="w+", dtype=np.uint8,
                                        shape=(n, size, size, 3)) if n else None
     annotated = n > 0 and all(r.points is not None for r in records)
     points = np.zeros((n, len(records[0].points), 2), np.float32) if annotated else None
+    to_original = np.zeros((n, 2, 3), np.float64)
     errors: list[tuple[int, str]] = []
     done = [0]
     lock = threading.Lock()
@@ -136,7 +142,7 @@ def _decode_split(records, protocol, size, box_points, folder: Path, split: str,
     def work(begin: int) -> None:
         for row in range(begin, min(begin + CHUNK, n)):
             try:
-                image, mapped = decode_record(records[row], protocol, size, box_points)
+                image, mapped, to_original[row] = decode_record(records[row], protocol, size, box_points)
             except DataError as error:
                 with lock:
                     errors.append((row, str(error)))
@@ -154,7 +160,7 @@ def _decode_split(records, protocol, size, box_points, folder: Path, split: str,
     if images is not None:
         images.flush()
         del images
-    return points, sorted(errors)
+    return points, to_original, sorted(errors)
 
 
 def _compact(folder: Path, split: str, keep: np.ndarray, points):
@@ -196,7 +202,8 @@ def build_cache(listing: Listing, root: Path, folder: Path, protocol, size: int,
                 counts[split] = counts[seen[signature]]
                 continue
             seen[signature] = split
-            points, errors = _decode_split(records, protocol, size, listing.box_points, folder, split, workers, bar)
+            points, to_original, errors = _decode_split(records, protocol, size, listing.box_points, folder, split,
+                                                        workers, bar)
             if errors and not skip_bad:
                 listed = "\n  ".join(message for _, message in errors[:MAX_LISTED_ERRORS])
                 more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
@@ -206,15 +213,19 @@ def build_cache(listing: Listing, root: Path, folder: Path, protocol, size: int,
             for row, message in errors:
                 keep[row] = False
                 skipped.append({"split": split, "where": records[row].where or str(records[row].path), "problem": message})
+            to_original = to_original[keep]
             if errors and keep.any():
                 points = _compact(folder, split, keep, points)
             elif errors:
                 (folder / f"{split}_images.npy").unlink()
             kept = [r for r, k in zip(records, keep) if k]
-            entry = {"images": f"{split}_images.npy" if kept else None, "points": None}
+            entry = {"images": f"{split}_images.npy" if kept else None, "points": None, "to_original": None}
             if points is not None and kept:
                 np.save(folder / f"{split}_points.npy", points)
                 entry["points"] = f"{split}_points.npy"
+            if kept:
+                np.save(folder / f"{split}_to_original.npy", to_original)
+                entry["to_original"] = f"{split}_to_original.npy"
             splits[split], counts[split] = entry, len(kept)
             sources[split] = [_relative(r.path, root) for r in kept]
     index.update(splits=splits, counts=counts, decode_skipped=skipped, sources=sources)
@@ -256,7 +267,8 @@ def load_splits(folder: Path, index: dict) -> dict[str, ImageSplit]:
             continue
         images = np.load(folder / entry["images"], mmap_mode="r")
         points = np.load(folder / entry["points"]) if entry["points"] else None
-        out[split] = ImageSplit(images, points, index["sources"][split])
+        to_original = np.load(folder / entry["to_original"]) if entry.get("to_original") else None  # older caches: none
+        out[split] = ImageSplit(images, points, index["sources"][split], to_original)
     return out
 
 

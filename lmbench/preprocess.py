@@ -165,15 +165,21 @@ def map_points(points: np.ndarray, box: Box, size: int) -> np.ndarray:
     return ((np.asarray(points, np.float64) - [x0, y0]) * scale).astype(np.float32)
 
 
+def box_to_source(box: Box, size: int) -> np.ndarray:
+    """[2,3] affine taking output pixels of :func:`crop_resize` back to source-image pixels."""
+    x0, y0, x1, y1 = box
+    return np.array([[(x1 - x0) / size, 0.0, x0], [0.0, (y1 - y0) / size, y0]])
+
+
 def apply(
     protocol: Protocol,
     image: Image.Image,
     points: np.ndarray | None,
     size: int,
     box_points: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop and resize one RGB image; returns uint8 [size,size,3] and the mapped points."""
+) -> tuple[np.ndarray, np.ndarray | None, Box]:
+    """Crop and resize one RGB image; returns uint8 [size,size,3], the mapped points and the box."""
     reference = points if points is None or box_points is None else box_points(points)
     box = protocol.box(image.size[0], image.size[1], reference)
     mapped = None if points is None else map_points(points, box, size)
-    return crop_resize(image, box, size), mapped
+    return crop_resize(image, box, size), mapped, box

@@ -67,7 +67,7 @@ def unannotated_splits(config: RunConfig, data: DatasetSplits) -> list[str]:
 def check_protocol_fits(config: RunConfig, data: DatasetSplits) -> None:
     """Fail early when the evaluation protocol needs something the dataset does not provide."""
     protocol = config.protocol
-    if protocol.coordinates == "original":
+    if protocol.coordinates == "original" and data.info.get("original_coordinates") != "input":
         lacking = [s for s in (protocol.fit_split, protocol.test_split)
                    if getattr(data.split(s), "to_original", None) is None]
         if lacking:

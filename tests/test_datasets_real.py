@@ -177,3 +177,17 @@ def test_real_mtfl_copy():
         assert iod.min() > 2 and median_iod[0] < np.median(iod) < median_iod[1]
     data = build(mtfl.SPEC, MTFL80, size=64, limit=40)
     assert data.test.points.max() <= 64 and data.test.images.shape == (40, 64, 64, 3)
+
+
+@pytest.mark.parametrize("protocol", ["resize", "gt_box"])
+def test_to_original_maps_inputs_back_to_the_annotation_frame(tmp_path, protocol):
+    """The stored per-image map takes input pixels to the annotation frame's pixels (AFLW's hw frame)."""
+    from lmbench.evaluate import _affine
+
+    root = write_aflw(tmp_path, image_size=(50, 40), hw=(100, 80))
+    data = build(aflw.SPEC, root, size=40, protocol=protocol)
+    xy = np.array([[20, 30], [60, 30], [40, 50], [25, 70], [55, 70]], np.float64)
+    for split in (data.reg_train, data.test):
+        assert split.to_original.shape == (len(split), 2, 3)
+        np.testing.assert_allclose(_affine(split.points.astype(np.float64), split.to_original),
+                                   np.broadcast_to(xy, split.points.shape), atol=1e-4)

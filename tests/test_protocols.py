@@ -133,3 +133,17 @@ def test_eval_adds_protocols_side_by_side(test_plugin, tmp_path):
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert set(evaluation["protocols"]) == {"lmbench", "sanchez", "zhang"}
     assert (run_dir / "evaluation" / "zhang" / "sweep.csv").read_text().startswith("n,all,repeat,seed,nme")
+
+
+def test_mallis_runs_where_the_dataset_knows_its_originals(test_plugin, tmp_path):
+    """Synthetic faces are rendered at the input size, so original-image pixels are input pixels."""
+    from lmbench.config import RunConfig
+    from lmbench.protocols import get_protocol
+    from lmbench.runner import run
+
+    protocol = get_protocol("mallis")
+    protocol.sweep_sizes, protocol.repeats = (2,), 2
+    config = RunConfig(method="tiny", dataset="synthetic", K=3, steps=2, batch_size=4, image_size=32,
+                       dataset_options={"train_size": 8, "reg_train_size": 12, "test_size": 4}, protocol=protocol)
+    metrics = run(config, tmp_path / "run")
+    assert metrics["protocol"]["coordinates"] == "original" and metrics["nme"] > 0
