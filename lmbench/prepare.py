@@ -370,7 +370,8 @@ def cached_dataset(name: str, description: str, list_sources: Lister, *, layout:
 
     ``required`` lists the key files, each as alternative paths relative to the root (for
     ``is_present``); the data is looked for in --data-root, ``$LMBENCH_DATA/<name>``, then
-    ``default_root`` (``~/data/<name>`` unless given). ``present`` replaces the file check.
+    ``default_root`` (``~/data/<name>`` unless given); a dataset registered under a second name
+    (``cache_name``) shares the first one's folders and cache. ``present`` replaces the file check.
     """
     from lmbench.registry import DatasetSpec
     from lmbench.sources import find_file
@@ -381,7 +382,8 @@ def cached_dataset(name: str, description: str, list_sources: Lister, *, layout:
     builder = make_builder(name, list_sources, default_protocol=default_protocol, options=options,
                            cache_name=cache_name)
     return DatasetSpec(name, description, builder, layout=layout, is_present=present or is_present,
-                       default_root=default_root or f"~/data/{name}", annotated=annotated,
+                       default_root=default_root or f"~/data/{cache_name or name}", annotated=annotated,
+                       data_dir=cache_name,
                        extra={"default_protocol": default_protocol, "options": builder.dataset_options})
 
 

@@ -43,6 +43,8 @@ class DatasetSpec:
 
     ``layout`` describes the files expected under the data root; ``is_present(root)`` says
     whether they are there. Datasets that ship with lmbench (``embedded=True``) need no root.
+    ``data_dir`` is the folder looked for under ``$LMBENCH_DATA`` (default: ``name``), so that
+    two names for one dataset (``mafl`` and ``celeba``) find the same files.
     """
 
     name: str
@@ -55,14 +57,15 @@ class DatasetSpec:
     annotated: bool = True
     plugin: str = ""
     extra: dict = field(default_factory=dict)
+    data_dir: str | None = None
 
     def candidate_roots(self, data_root: str | Path | None = None) -> list[Path]:
-        """Where the data is looked for, in order: --data-root, $LMBENCH_DATA/<name>, default."""
+        """Where the data is looked for, in order: --data-root, $LMBENCH_DATA/<data_dir>, default."""
         if data_root is not None:
             return [Path(data_root).expanduser()]
         roots = []
         if os.environ.get("LMBENCH_DATA"):
-            roots.append(Path(os.environ["LMBENCH_DATA"]).expanduser() / self.name)
+            roots.append(Path(os.environ["LMBENCH_DATA"]).expanduser() / (self.data_dir or self.name))
         if self.default_root:
             roots.append(Path(self.default_root).expanduser())
         return roots

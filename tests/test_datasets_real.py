@@ -191,3 +191,11 @@ def test_to_original_maps_inputs_back_to_the_annotation_frame(tmp_path, protocol
         assert split.to_original.shape == (len(split), 2, 3)
         np.testing.assert_allclose(_affine(split.points.astype(np.float64), split.to_original),
                                    np.broadcast_to(xy, split.points.shape), atol=1e-4)
+
+
+def test_mafl_and_celeba_find_the_same_folder_under_lmbench_data(tmp_path, monkeypatch, fresh_plugins):
+    write_celeba(tmp_path / "data" / "celeba")
+    monkeypatch.setenv("LMBENCH_DATA", str(tmp_path / "data"))
+    names = registry.datasets()
+    assert names["mafl"].find_root() == names["celeba"].find_root() == tmp_path / "data" / "celeba"
+    assert names["mafl"].default_root == "~/data/celeba"
