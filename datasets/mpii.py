@@ -78,8 +78,8 @@ class PoseSplit(ImageSplit):
     def subset(self, index: np.ndarray) -> "PoseSplit":
         pick = (lambda a: None if a is None else a[index])
         sources = None if self.sources is None else [self.sources[i] for i in index]
-        return PoseSplit(self.images[index], pick(self.points), sources, pick(self.annotated),
-                         pick(self.visible), pick(self.head_boxes))
+        return PoseSplit(self.images[index], pick(self.points), sources, pick(self.to_original),
+                         annotated=pick(self.annotated), visible=pick(self.visible), head_boxes=pick(self.head_boxes))
 
 
 @dataclass
@@ -203,6 +203,7 @@ def build_split(persons: list[Person], images_dir: Path, size: int, box_scale: f
     head_boxes = np.zeros((n, 4), np.float32)
     annotated = np.zeros((n, NUM_JOINTS), bool)
     visible = np.zeros((n, NUM_JOINTS), bool)
+    to_original = np.zeros((n, 2, 3), np.float32)  # crop pixels -> photo pixels (the inverse of to_crop)
     opened: tuple[str, Image.Image] | None = None
     for row, person in enumerate(persons):
         if opened is None or opened[0] != person.image:
@@ -217,8 +218,9 @@ def build_split(persons: list[Person], images_dir: Path, size: int, box_scale: f
         points[row] = np.where(present[:, None], to_crop(person.joints, x0, y0, side, size), size / 2)
         head_boxes[row] = to_crop(person.head_box.reshape(2, 2), x0, y0, side, size).ravel()
         annotated[row], visible[row] = present, person.visible & present
+        to_original[row] = [[side / size, 0.0, x0], [0.0, side / size, y0]]
     sources = [f"{p.image}#{p.centre[0] + 0.5:.0f},{p.centre[1] + 0.5:.0f}" for p in persons]
-    return PoseSplit(images, points, sources, annotated, visible, head_boxes)
+    return PoseSplit(images, points, sources, to_original, annotated=annotated, visible=visible, head_boxes=head_boxes)
 
 
 # -- splits -----------------------------------------------------------------------------------

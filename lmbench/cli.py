@@ -142,7 +142,8 @@ def _progress_callback(total: int, start: int, description: str):
 
 
 @cli.command("run")
-@click.option("--method", required=True, callback=method_name, help="A registered method (see `lmbench methods`).")
+@click.option("--method", callback=method_name,
+              help="A registered method (see `lmbench methods`); with --resume, the saved run's.")
 @click.option("--K", "K", type=click.IntRange(1, 512), default=10, show_default=True, help="Number of landmarks to discover.")
 @click.option("--dataset", default="synthetic", show_default=True, callback=dataset_name, help="A registered dataset.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the dataset's files are.")
@@ -185,6 +186,12 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     from lmbench.runner import default_run_dir, run, saved_config
     from lmbench.train import TrainOptions
 
+    if resume and out_dir is None:
+        raise click.UsageError("--resume needs --out: the run directory to continue")
+    if method is None:
+        if not (resume and (Path(out_dir) / "config.json").exists()):
+            raise click.UsageError("Missing option '--method'.")
+        method = saved_config(Path(out_dir)).method
     config = RunConfig(method=method, K=K, dataset=dataset, data_root=data_root, seed=seed, device=device, threads=threads)
     for key, value in registry.get_method(method).config_defaults.items():  # the method's defaults first
         apply_override(config, f"{key}={json.dumps(value)}")
@@ -206,8 +213,6 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
         config.detector.init = str(Path(detector_init).resolve())
     if adapt or detector_init:
         config.detector.adapt = adapt or "incremental"
-    if resume and out_dir is None:
-        raise click.UsageError("--resume needs --out: the run directory to continue")
     run_dir = Path(out_dir) if out_dir else default_run_dir(config)
     if resume and (run_dir / "config.json").exists():
         config = _resumed_config(run_dir, config, steps, overrides)

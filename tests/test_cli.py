@@ -91,6 +91,15 @@ def test_resume_refuses_a_different_run_and_applies_set(runner, test_plugin, tmp
     config = json.loads((out / "config.json").read_text())
     assert config["K"] == 3 and config["dataset"] == "blobs" and config["steps"] == 3
     assert config["optim"]["lr"] == 0.0005
+    # --out alone names the run to continue.
+    alone = runner.invoke(cli, ["run", "--out", str(out), "--resume", "--steps", "4"])
+    assert alone.exit_code == 0, alone.output
+    assert json.loads((out / "config.json").read_text())["steps"] == 4
+
+
+def test_run_without_method_is_a_usage_error(runner, tmp_path):
+    result = runner.invoke(cli, ["run", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "--method" in result.output
 
 
 def test_a_protocol_the_dataset_cannot_serve_fails_before_training(runner, test_plugin, tmp_path):

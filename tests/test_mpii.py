@@ -104,3 +104,15 @@ def test_evaluation_persons_need_the_head_segment(tmp_path):
     data = mpii.build_mpii(root, image_size=32, val_fraction=0.5)
     assert len(data.train) == 3 and len(data.reg_train) == 0 and len(data.test) == 0
     assert data.info["skipped_eval_without_head_segment"] == 3
+
+
+def test_to_original_maps_crop_joints_back_to_the_photo(root):
+    mpii._CACHE.clear()
+    persons, _ = mpii.read_annotations(root / mpii.MAT_FILE)
+    data = mpii.build_mpii(root, image_size=64, val_fraction=0.5)
+    split = data.train
+    by_source = {f"{p.image}#{p.centre[0] + 0.5:.0f},{p.centre[1] + 0.5:.0f}": p for p in persons}
+    for points, annotated, affine, source in zip(split.points, split.annotated, split.to_original, split.sources):
+        photo = points @ affine[:, :2].T + affine[:, 2]
+        np.testing.assert_allclose(photo[annotated], by_source[source].joints[annotated], atol=1e-3)
+    assert split.subset(np.array([1])).to_original.shape == (1, 2, 3)
