@@ -47,7 +47,7 @@ MAX_LISTED_ERRORS = 10
 
 # Options every cached dataset accepts (besides its own): see make_builder.
 COMMON_OPTIONS = {"protocol": None, "skip_bad": False, "workers": None, "rebuild": False, "limit": None,
-                  "progress": True}
+                  "annotated_only": False, "progress": True}
 # Options that change how, not what, is built: not part of the cache key.
 _NOT_KEYED = ("skip_bad", "workers", "rebuild", "progress")
 
@@ -323,7 +323,8 @@ def make_builder(name: str, list_sources: Lister, *, default_protocol: str, opti
     ``list_sources(root, problems, **options)`` returns the dataset's :class:`Listing`;
     ``options`` are its own options with their defaults. Every builder also accepts
     :data:`COMMON_OPTIONS`: ``protocol`` (default ``default_protocol``), ``skip_bad``,
-    ``workers``, ``rebuild``, ``limit`` (keep the first N images of each split) and ``progress``.
+    ``workers``, ``rebuild``, ``limit`` (keep the first N images of each split), ``annotated_only``
+    (leave out images without landmarks, e.g. for a ground-truth-box crop) and ``progress``.
     ``cache_name`` lets a second registered name share a dataset's cache (``mafl`` and ``celeba``).
     """
     own = dict(options or {})
@@ -345,7 +346,12 @@ def make_builder(name: str, list_sources: Lister, *, default_protocol: str, opti
         listing = list_sources(Path(root), problems, **chosen)
         if common["limit"] is not None:
             listing.splits = {split: records[: int(common["limit"])] for split, records in listing.splits.items()}
+        if common["annotated_only"]:
+            listing.splits = {split: [r for r in records if r.points is not None]
+                              for split, records in listing.splits.items()}
         settings = {"options": chosen, "limit": common["limit"], "protocol": str(protocol), "image_size": int(image_size)}
+        if common["annotated_only"]:  # keyed only when set, so existing caches keep their keys
+            settings["annotated_only"] = True
         folder, index, _ = prepare(cache_name or name, Path(root), listing, problems.skipped, protocol, int(image_size), settings,
                                    skip_bad=bool(common["skip_bad"]), workers=common["workers"],
                                    rebuild=bool(common["rebuild"]), progress=bool(common["progress"]))

@@ -120,10 +120,12 @@ def describe(protocol: ProtocolConfig | dict) -> str:
 
 def crop_dataset_options(options: dict, test_crop: str) -> dict:
     """Dataset options that make a prepared dataset (lmbench.prepare) apply ``test_crop``:
-    ``protocol=gt_box`` for the leaking crop, the dataset's own default crop for ``fixed``."""
+    ``protocol=gt_box`` for the leaking crop (images without landmarks, which it cannot crop,
+    left out: evaluation reads only the annotated splits), the dataset's own default crop for ``fixed``."""
     options = dict(options)
     if test_crop == "gt_box":
         options["protocol"] = "gt_box"
+        options["annotated_only"] = True
     else:
         options.pop("protocol", None)
     return options

@@ -69,6 +69,10 @@ def test_gt_box_is_flagged(tmp_path):
     assert data.info["protocol"]["leaks_test_annotations"] and data.info["protocol"]["params"] == {"margin": 0.7}
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="needs landmarks for every image"):
         build(mtfl.SPEC, root, protocol="gt_box")
+    # annotated_only leaves the unlabeled images out instead (what evaluation under gt_box does)
+    with pytest.warns(UserWarning, match="leaks test annotations"):
+        kept = build(mtfl.SPEC, root, protocol="gt_box", annotated_only=True)
+    assert len(kept.train) == len(data.train) and kept.train.points is not None
 
 
 @pytest.mark.parametrize("archive", [False, True])

@@ -62,7 +62,7 @@ def test_describe_marks_the_leak():
 
 
 def test_crop_dataset_options():
-    assert crop_dataset_options({"limit": 5}, "gt_box") == {"limit": 5, "protocol": "gt_box"}
+    assert crop_dataset_options({"limit": 5}, "gt_box") == {"limit": 5, "protocol": "gt_box", "annotated_only": True}
     assert crop_dataset_options({"protocol": "gt_box", "limit": 5}, "fixed") == {"limit": 5}
 
 
@@ -147,3 +147,23 @@ def test_mallis_runs_where_the_dataset_knows_its_originals(test_plugin, tmp_path
                        dataset_options={"train_size": 8, "reg_train_size": 12, "test_size": 4}, protocol=protocol)
     metrics = run(config, tmp_path / "run")
     assert metrics["protocol"]["coordinates"] == "original" and metrics["nme"] > 0
+
+
+def test_sanchez_evaluation_of_a_run_with_unlabeled_training_images(test_plugin, tmp_path):
+    """The gt_box crop cannot cut unlabeled images; evaluation reads only the annotated splits."""
+    from dataset_fixtures import write_mtfl
+
+    from lmbench.config import RunConfig
+    from lmbench.runner import reevaluate, run
+
+    root = write_mtfl(tmp_path / "mtfl")
+    run_dir = tmp_path / "run"
+    config = RunConfig(method="tiny", K=3, dataset="mtfl", data_root=str(root), steps=2, batch_size=2,
+                       image_size=32, device="cpu")
+    config.protocol.floors = False
+    run(config, run_dir)
+    with pytest.warns(UserWarning, match="leaks test annotations"):
+        again = reevaluate(run_dir, device="cpu", protocols=["lmbench", "sanchez"])
+    assert again["nme_by_protocol"]["sanchez"]["test_crop_used"].startswith("gt_box")
+    assert np.isfinite(again["nme_by_protocol"]["sanchez"]["nme"])
+    assert again["nme_by_protocol"]["lmbench"]["nme"] == pytest.approx(again["nme"])
