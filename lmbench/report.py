@@ -353,9 +353,11 @@ def table_two(frame: pd.DataFrame, published: pd.DataFrame) -> str | None:
 
 def floors_table(frame: pd.DataFrame) -> str:
     rows = []
-    for (dataset, k, method, supervised), group in frame.groupby(["dataset", "K", "method", "supervised"], sort=True):
+    for (dataset, k, method, variant, supervised), group in frame.groupby(
+            ["dataset", "K", "method", "variant", "supervised"], sort=True):
         rows.append({"dataset": dataset, "K": k,
-                     "method": method + (" (supervised, no regressor)" if supervised else ""),
+                     "method": method + (f" [{variant}]" if variant else "")
+                               + (" (supervised, no regressor)" if supervised else ""),
                      "NME %": _pm(group["nme"]), "untrained detector NME %": _pm(group["nme_untrained"], count=False),
                      "mean shape NME %": _pm(group["nme_mean_shape"], count=False)})
     return markdown_table(pd.DataFrame(rows), [(c, c) for c in

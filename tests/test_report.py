@@ -90,6 +90,8 @@ def test_report_tables_csv_and_plots(runs, tmp_path):
         assert section in text
     assert "| baseline | 4 | synthetic |" in text  # the per-run table
     assert "supervised_sam (supervised, no regressor)" in text
+    floors = text.split("## Reference floors")[1].split("\n## ")[0]
+    assert "| inter_intra [optim.lr=0.01] |" in floors and "| inter_intra [optim.lr=0.001] |" in floors
     assert "*published:* Li et al. 2020: inter_intra (full) — protocol sanchez" in text
     side = next(line for line in text.splitlines() if line.startswith("| baseline | 4 | synthetic | "))
     assert side.count("±") == 2  # lmbench and sanchez side by side
