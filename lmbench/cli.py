@@ -264,7 +264,9 @@ def _print_metrics(metrics: dict, run_dir: Path) -> None:
     out.print(
         f"[bold]NME[/] {metrics['nme']:.2f}%  (mean shape {metrics['nme_mean_shape']:.2f}%)  "
         f"train {metrics.get('train_seconds', 0):.0f}s at {metrics.get('images_per_second', 0):.1f} img/s\n"
-        f"run directory: {run_dir}"
+        + (f"points: {metrics['wandering_points']} wandering, {metrics.get('border_points', 0)} on the border "
+           f"(evaluation/<protocol>/points.csv)\n" if "wandering_points" in metrics else "")
+        + f"run directory: {run_dir}"
     )
 
 

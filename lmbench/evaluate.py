@@ -271,7 +271,38 @@ def evaluate_points(
     }
     if sweep:
         result["sweep"] = run_sweep(fx, fy, tx, test_gt, protocol, test_iod, image_size, test_to_original)
+    result.update(point_stability(test_points, test_gt, image_size))
     return result
+
+
+BORDER_FRACTION = 0.05  # "near the border": within 5 % of the image side of an edge
+WANDERING_FACTOR = 2.0  # a point "wanders" when it moves over twice as much as the annotated points
+
+
+def point_spread(points: np.ndarray) -> np.ndarray:
+    """Std of each point's position over the images, averaged over x and y: [N,K,2] -> [K]."""
+    return np.asarray(points, np.float64).std(axis=0).mean(axis=-1)
+
+
+def point_stability(test_points: np.ndarray, test_gt: np.ndarray, image_size: tuple[int, int] | None) -> dict:
+    """How the discovered points behave over the test images, in input pixels.
+
+    A point that follows a facial part moves about as much as the annotated points do; one
+    that follows background clutter moves far more (``wandering_points``), and one whose map
+    saturates at the frame's edge sits near the border on most images (``border_points``).
+    Neither lowers the regressor's error, so these counts explain a poor NME.
+    """
+    spread = point_spread(test_points)
+    gt_spread = float(point_spread(test_gt).mean())
+    out = {"point_spread_px": spread, "gt_point_spread_px": gt_spread,
+           "wandering_points": int((spread > WANDERING_FACTOR * gt_spread).sum())}
+    if image_size is not None:
+        h, w = image_size
+        x, y = test_points[..., 0], test_points[..., 1]
+        near = (np.minimum(x, w - x) < BORDER_FRACTION * w) | (np.minimum(y, h - y) < BORDER_FRACTION * h)
+        out["near_border_fraction"] = near.mean(axis=0)
+        out["border_points"] = int((out["near_border_fraction"] > 0.5).sum())
+    return out
 
 
 def run_sweep(fx, fy, tx, test_gt, protocol, test_iod, image_size, test_to_original) -> list[dict]:
@@ -454,7 +485,7 @@ def direct_extras(result: dict, data: DatasetSplits, protocol: ProtocolConfig) -
 # -- records ----------------------------------------------------------------------------
 SCALARS = ("nme", "nme_backward", "nme_mean_shape", "nme_untrained", "nme_untrained_backward", "nme_fit_split",
            "failure_rate_10", "auc_10", "n_fit", "n_test", "test_crop_used", "leaks_test_annotations", "supervised", "regressor",
-           "heatmap_spread")
+           "heatmap_spread", "wandering_points", "border_points", "gt_point_spread_px")
 
 
 def scalar_metrics(result: dict) -> dict:
@@ -493,6 +524,10 @@ def arrays_record(result: dict) -> dict:
     }
     if "ced_untrained" in result:
         record["ced"]["fraction_untrained"] = result["ced_untrained"].tolist()
+    if "point_spread_px" in result:
+        record["points"] = {"spread_px": [float(v) for v in result["point_spread_px"]]}
+        if "near_border_fraction" in result:
+            record["points"]["near_border_fraction"] = [float(v) for v in result["near_border_fraction"]]
     return record
 
 
@@ -516,6 +551,10 @@ def write_evaluation(run_dir: str | Path, results: dict[str, dict]) -> None:
         columns = ["threshold_percent", "fraction", "fraction_mean_shape"] + (
             ["fraction_untrained"] if "fraction_untrained" in ced else [])
         atomic.write_text(folder / "ced.csv", _csv(columns, zip(*(ced[c] for c in ["thresholds", *columns[1:]]))))
+        if "points" in record:
+            columns = ["point", *record["points"]]
+            atomic.write_text(folder / "points.csv", _csv(columns, zip(
+                range(len(record["points"]["spread_px"])), *record["points"].values())))
         atomic.write_text(folder / "sweep.csv", _csv(
             ["n", "all", "repeat", "seed", "nme"],
             ((row["n"], row["all"], r, result["protocol"]["seed"], v)

@@ -30,7 +30,8 @@ from lmbench import atomic
 from lmbench.protocols import describe, leaks
 
 REQUIRED = ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed")
-OPTIONAL = ("nme_backward", "nme_untrained", "failure_rate_10", "auc_10", "nme_fit_split", "test_crop_used")
+OPTIONAL = ("nme_backward", "nme_untrained", "failure_rate_10", "auc_10", "nme_fit_split", "test_crop_used",
+            "wandering_points", "border_points")
 SCALAR_METRICS = ("nme", "nme_backward", "failure_rate_10", "auc_10", "nme_mean_shape", "nme_untrained")
 # config.json settings that never make a run a different variant
 NOT_VARIANTS = {"method", "K", "dataset", "seed", "device", "threads", "data_root", "environment", "dataset_info",
@@ -231,6 +232,13 @@ def runs_table(frame: pd.DataFrame) -> str:
     return markdown_table(frame, RUN_COLUMNS)
 
 
+def _points_cell(group: pd.DataFrame) -> str:
+    """Mean counts of wandering and border points (lmbench.evaluate.point_stability), or '-'."""
+    if "wandering_points" not in group or group["wandering_points"].isna().all():
+        return "-"
+    return f"{group['wandering_points'].mean():.1f} / {group['border_points'].mean():.1f}"
+
+
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean +- std over seeds for each (dataset, K, method, variant, protocol): the ablation table."""
     rows = []
@@ -243,6 +251,7 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "backward %": _pm(group["nme_backward"], count=False),
             "failure % (>10)": _pm(group["failure_rate_10"], count=False),
             "AUC@10": _pm(group["auc_10"], 3, count=False),
+            "wandering / border points": _points_cell(group),
             "fit-split NME %": mean_std(group["nme_fit_split"])[0],
             "mean_shape": mean_std(group["nme_mean_shape"])[0],
             "untrained": _pm(group["nme_untrained"], count=False),
@@ -501,7 +510,8 @@ def build_report(frame: pd.DataFrame, runs_dir: str | Path, *, published: pd.Dat
         markdown_table(summary, [("dataset", "dataset"), ("K", "K"), ("method", "method"), ("variant", "variant"),
                                  ("protocol", "protocol"), ("runs", "seeds"), ("NME %", "NME % (mean ± std)"),
                                  ("backward %", "backward NME %"), ("failure % (>10)", "failure % (>10)"),
-                                 ("AUC@10", "AUC@10"), ("fit-split NME %", "fit-split NME %"),
+                                 ("AUC@10", "AUC@10"), ("wandering / border points", "wandering / border points"),
+                                 ("fit-split NME %", "fit-split NME %"),
                                  ("train_seconds", "train s"), ("images_per_second", "images/s")]),
         "",
         "## Reference floors and supervised upper bounds", "",

@@ -230,3 +230,18 @@ def test_evaluate_protocols_rebuilds_the_dataset_for_another_crop():
     assert asked == ["gt_box"]
     assert results["lmbench"]["test_crop_used"] == "resize" and results["s"]["test_crop_used"] == "gt_box"
     assert results["s"]["leaks_test_annotations"] and not results["lmbench"]["leaks_test_annotations"]
+
+
+def test_point_stability_by_hand():
+    from lmbench.evaluate import point_stability
+
+    gt = np.array([[[10.0, 10.0]], [[12.0, 14.0]]])  # std x 1, y 2 -> 1.5
+    points = np.array([[[10.0, 10.0], [1.0, 30.0], [5.0, 5.0]],
+                       [[12.0, 14.0], [1.0, 30.0], [35.0, 45.0]]])  # spreads 1.5, 0, 17.5
+    out = point_stability(points, gt, (64, 64))
+    np.testing.assert_allclose(out["point_spread_px"], [1.5, 0.0, 17.5])
+    assert out["gt_point_spread_px"] == 1.5
+    assert out["wandering_points"] == 1  # 17.5 > 2 x 1.5
+    # within 5 % of 64 px = 3.2 px of an edge: point 1 (x = 1) on both images
+    np.testing.assert_allclose(out["near_border_fraction"], [0.0, 1.0, 0.0])
+    assert out["border_points"] == 1

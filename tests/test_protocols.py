@@ -133,6 +133,9 @@ def test_eval_adds_protocols_side_by_side(test_plugin, tmp_path):
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert set(evaluation["protocols"]) == {"lmbench", "sanchez", "zhang"}
     assert (run_dir / "evaluation" / "zhang" / "sweep.csv").read_text().startswith("n,all,repeat,seed,nme")
+    points = (run_dir / "evaluation" / "lmbench" / "points.csv").read_text().splitlines()
+    assert points[0] == "point,spread_px,near_border_fraction" and len(points) == 1 + 3  # K = 3
+    assert {"wandering_points", "border_points", "gt_point_spread_px"} <= set(metrics)
 
 
 def test_mallis_runs_where_the_dataset_knows_its_originals(test_plugin, tmp_path):
