@@ -589,14 +589,27 @@ def _texture(rng: ScalarRng, size: int) -> Image.Image:
     return noise.resize((size, size), Image.BICUBIC)
 
 
-def draw_background(rng: ScalarRng, size: int, factor: int) -> Canvas:
-    """A gradient, optional blotchy texture (both at output resolution) and random clutter."""
+BACKGROUNDS = ("cluttered", "plain")
+
+
+def draw_background(rng: ScalarRng, size: int, factor: int, background: str = "cluttered") -> Canvas:
+    """A gradient, optional blotchy texture (both at output resolution) and random clutter.
+
+    ``background="plain"`` keeps only the gradient. It still makes every random draw of the
+    cluttered background (painted on a scratch canvas), so the rest of the face's stream, and
+    with it the face, pose, lighting and landmarks, stays the same.
+    """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"synthetic: background must be one of {BACKGROUNDS}, got {background!r}")
     base = _gradient(rng, size)
+    plain = base
     if rng.random() < TEXTURE_PROBABILITY:
         base = Image.blend(base, _texture(rng, size), rng.uniform(0.15, 0.6))
     canvas = Canvas(base.resize((size * factor,) * 2, Image.NEAREST), factor)
     for _ in range(rng.integers(*CLUTTER_COUNT)):
         _draw_clutter(rng, canvas, size)
+    if background == "plain":
+        canvas = Canvas(plain.resize((size * factor,) * 2, Image.NEAREST), factor)
     return canvas
 
 
@@ -875,7 +888,8 @@ def sample_scene(rng: ScalarRng, size: int) -> tuple[Face, Pose, FaceFrame]:
     return face, pose, FaceFrame(face.head, pose)
 
 
-def render_face(seed: int, index: int, size: int = 64, lighting: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def render_face(seed: int, index: int, size: int = 64, lighting: bool = True,
+                background: str = "cluttered") -> tuple[np.ndarray, np.ndarray]:
     """Render face ``index`` of generator ``seed``: uint8 [size,size,3] and float32 [5,2] points.
 
     ``lighting=False`` skips the photometric stage (tone curves, shading, noise), leaving the
@@ -883,7 +897,7 @@ def render_face(seed: int, index: int, size: int = 64, lighting: bool = True) ->
     """
     rng = face_rng(seed, index)
     face, pose, frame = sample_scene(rng, size)
-    canvas = draw_background(rng, size, SUPERSAMPLE)
+    canvas = draw_background(rng, size, SUPERSAMPLE, background)
     draw_face(canvas, face, frame)
     image = np.array(canvas.downsample())
     if lighting:
@@ -891,13 +905,13 @@ def render_face(seed: int, index: int, size: int = 64, lighting: bool = True) ->
     return image, landmarks(face, frame)
 
 
-def render_faces(seed: int, indices, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_faces(seed: int, indices, size: int = 64, background: str = "cluttered") -> tuple[np.ndarray, np.ndarray]:
     """Render several faces: uint8 [N,size,size,3] and float32 [N,5,2]."""
     indices = list(indices)
     images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     points = np.empty((len(indices), NUM_POINTS, 2), dtype=np.float32)
     for row, index in enumerate(indices):
-        images[row], points[row] = render_face(seed, index, size)
+        images[row], points[row] = render_face(seed, index, size, background=background)
     return images, points
 
 
@@ -924,10 +938,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LMBENCH_CACHE") or Path.home() / ".cache" / "lmbench").expanduser() / "synthetic"
 
 
-def cache_path(directory: Path, seed: int, size: int, split: str, n: int, version: int | None = None) -> Path:
-    """Where a rendered split lives on disk; the renderer version (default current) is in the name."""
+def cache_path(directory: Path, seed: int, size: int, split: str, n: int, version: int | None = None,
+               background: str = "cluttered") -> Path:
+    """Where a rendered split lives on disk; the renderer version (default current) is in the name,
+    and a non-default background."""
     version = RENDER_VERSION if version is None else version
-    return Path(directory) / f"v{version}-s{seed}-{size}-{split}-{n}.npz"
+    suffix = "" if background == "cluttered" else f"-{background}"
+    return Path(directory) / f"v{version}-s{seed}-{size}-{split}-{n}{suffix}.npz"
 
 
 def _read_cache(path: Path, size: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -953,20 +970,20 @@ def _write_cache(path: Path, images: np.ndarray, points: np.ndarray) -> None:
 
 
 def load_split(
-    seed: int, split: str, n: int, size: int = 64, cache_dir: Path | None = None
+    seed: int, split: str, n: int, size: int = 64, cache_dir: Path | None = None, background: str = "cluttered"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rendered images and points of a split, from memory, from ``cache_dir`` or freshly rendered.
 
     The returned arrays are shared between callers and therefore read-only.
     """
-    key = (RENDER_VERSION, seed, size, split, n)
+    key = (RENDER_VERSION, seed, size, split, n, background)
     if key in _MEMORY:
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
-    path = cache_path(cache_dir, seed, size, split, n) if cache_dir is not None else None
+    path = cache_path(cache_dir, seed, size, split, n, background=background) if cache_dir is not None else None
     arrays = _read_cache(path, size, n) if path is not None else None
     if arrays is None:
-        arrays = render_faces(seed, split_indices(split, n), size)
+        arrays = render_faces(seed, split_indices(split, n), size, background)
         if path is not None:
             _write_cache(path, *arrays)
     for array in arrays:
@@ -991,26 +1008,32 @@ def build_synthetic(
     reg_train_size: int = DEFAULT_SIZES["reg_train"],
     test_size: int = DEFAULT_SIZES["test"],
     cache: bool = True,
+    background: str = "cluttered",
     **_,
 ) -> DatasetSplits:
     """The ``synthetic`` dataset: three disjoint splits of rendered faces with MAFL points.
 
     ``root``, if given, is the cache directory (default :func:`default_cache_dir`);
-    ``cache=False`` renders without touching the disk. The faces are those of generator
+    ``cache=False`` renders without touching the disk. ``background="plain"`` (option
+    ``dataset_options.background``) replaces the textures and clutter behind every face by its
+    smooth gradient; the faces, poses, lighting and landmarks stay the same. The faces are those of generator
     ``render_seed`` (option ``dataset_options.render_seed``, default 0). ``seed`` is the
     run's seed and deliberately does not change the data: runs that differ only in their
     seed train and are scored on the same faces, so their spread is the method's own.
     """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"synthetic: dataset option background must be one of {BACKGROUNDS}, got {background!r}")
     cache_dir = (Path(root).expanduser() if root is not None else default_cache_dir()) if cache else None
     sizes = {"train": int(train_size), "reg_train": int(reg_train_size), "test": int(test_size)}
     splits = {}
     for split, n in sizes.items():
-        images, points = load_split(int(render_seed), split, n, int(image_size), cache_dir)
+        images, points = load_split(int(render_seed), split, n, int(image_size), cache_dir, str(background))
         splits[split] = ImageSplit(images, points)
     info = {
         "generator": "lmbench.datasets.synthetic",
         "render_version": RENDER_VERSION,
         "render_seed": int(render_seed),
+        "background": str(background),
         "original_coordinates": "input",  # rendered at the input size: the inputs are the originals
         "image_size": int(image_size),
         "supersample": SUPERSAMPLE,

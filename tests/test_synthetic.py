@@ -206,3 +206,20 @@ def test_the_run_seed_does_not_change_the_faces_but_render_seed_does():
     np.testing.assert_array_equal(a.test.images, b.test.images)
     assert not np.array_equal(a.test.images, c.test.images)
     assert a.info["render_seed"] == 0 and c.info["render_seed"] == 1
+
+
+def test_plain_background_keeps_faces_and_landmarks():
+    cluttered, points = S.render_face(0, 3, 64)
+    plain, plain_points = S.render_face(0, 3, 64, background="plain")
+    np.testing.assert_array_equal(points, plain_points)
+    assert not np.array_equal(cluttered, plain)
+    for x, y in points.astype(int):  # the face itself is drawn and lit the same
+        np.testing.assert_array_equal(cluttered[y, x], plain[y, x])
+    with pytest.raises(ValueError, match="background must be one of"):
+        S.build_synthetic(background="busy", cache=False)
+
+
+def test_plain_background_has_its_own_cache_file(tmp_path):
+    data = S.build_synthetic(tmp_path, image_size=16, train_size=2, reg_train_size=2, test_size=2, background="plain")
+    assert data.info["background"] == "plain"
+    assert sorted(p.name for p in tmp_path.iterdir())[0].endswith("-plain.npz")
