@@ -134,7 +134,8 @@ def _variants(frame: pd.DataFrame) -> list[str]:
         keys = sorted({k for c in configs for k in c})
         varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
         for index, config in zip(group.index, configs):
-            labels[frame.index.get_loc(index)] = ", ".join(f"{k}={_short(config.get(k))}" for k in varying)
+            labels[frame.index.get_loc(index)] = ", ".join(
+                f"{k}={_short(config[k]) if k in config else '(unset)'}" for k in varying)
     return labels
 
 

@@ -132,3 +132,15 @@ def test_nice_ticks_and_plots(tmp_path):
     assert not is_png(tmp_path / "bad.png")
     with pytest.raises(ValueError, match="2 categories"):
         bar_chart(["a", "b"], {"m": [1.0]}, tmp_path / "c.png", title="t", ylabel="y")
+
+
+def test_a_setting_only_some_runs_have_is_shown_as_unset(tmp_path):
+    root = tmp_path / "runs"
+    _make_run(root, "a", "baseline", 0)
+    plain = _make_run(root, "b", "baseline", 1)
+    config = json.loads((plain / "config.json").read_text())
+    config["dataset_options"] = {"background": "plain"}
+    atomic.write_json(plain / "config.json", config)
+    frame = collect_runs(root)
+    variants = dict(zip(frame.run.map(lambda p: p.split("/")[-1]), frame.variant))
+    assert variants == {"a": "dataset_options.background=(unset)", "b": "dataset_options.background=plain"}
