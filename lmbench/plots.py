@@ -19,6 +19,7 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 GRID = (225, 225, 225)
 INK = (30, 30, 30)
 MARGIN = {"left": 78, "right": 24, "top": 44, "bottom": 62}
+LEGEND_ROW = 18  # px per legend entry, below the chart
 
 
 @dataclass
@@ -72,8 +73,12 @@ def _label(value: float) -> str:
 class Canvas:
     """A plotting area with data -> pixel transforms (linear or log10 x)."""
 
-    def __init__(self, width: int, height: int, xlim, ylim, *, log_x: bool = False):
-        self.image = Image.new("RGB", (width, height), (255, 255, 255))
+    def __init__(self, width: int, height: int, xlim, ylim, *, log_x: bool = False, legend_rows: int = 0):
+        # The legend goes below the chart, in LEGEND_ROW px per entry added to ``height``, so that
+        # long labels (method variants) never cover the data.
+        self.chart_height = height
+        total = height + (LEGEND_ROW * legend_rows + 12 if legend_rows else 0)
+        self.image = Image.new("RGB", (width, total), (255, 255, 255))
         self.draw = ImageDraw.Draw(self.image)
         self.box = (MARGIN["left"], MARGIN["top"], width - MARGIN["right"], height - MARGIN["bottom"])
         self.log_x = log_x
@@ -118,18 +123,14 @@ class Canvas:
         self.image.paste(rotated, (8, int(centre_y - rotated.size[1] / 2)))
 
     def legend(self, entries: list[tuple[str, tuple[int, int, int], bool]]) -> None:
-        """Entries (label, colour, dashed) in a framed box at the top right of the plot area."""
+        """Entries (label, colour, dashed), one per row below the chart (see ``legend_rows``)."""
         if not entries:
             return
-        x0, y0, x1, _ = self.box
-        width = max(int(self.draw.textlength(label, font=self.small)) for label, _, _ in entries) + 44
-        height = 18 * len(entries) + 8
-        left = x1 - width - 8
-        self.draw.rectangle((left, y0 + 8, x1 - 8, y0 + 8 + height), fill=(255, 255, 255), outline=(160, 160, 160))
+        left = MARGIN["left"]
         for i, (label, colour, dashed) in enumerate(entries):
-            y = y0 + 16 + 18 * i + 5
-            self._segment((left + 6, y), (left + 30, y), colour, dashed)
-            self.text((left + 36, y), label, self.small, "lm")
+            y = self.chart_height + 4 + LEGEND_ROW * i + LEGEND_ROW / 2
+            self._segment((left, y), (left + 24, y), colour, dashed)
+            self.text((left + 30, y), label, self.small, "lm")
 
     def _segment(self, a, b, colour, dashed: bool, width: int = 2) -> None:
         if not dashed:
@@ -183,7 +184,7 @@ def line_chart(series: list[Series], path: str | Path, *, title: str, xlabel: st
     else:
         xticks = nice_ticks(min(xs), max(xs))
         xlim = (xticks[0], xticks[-1])
-    canvas = Canvas(*size, xlim, ylim, log_x=log_x)
+    canvas = Canvas(*size, xlim, ylim, log_x=log_x, legend_rows=len(series))
     canvas.axes(xticks, ticks, title=title, xlabel=xlabel, ylabel=ylabel)
     entries = []
     for i, s in enumerate(series):
@@ -218,7 +219,7 @@ def bar_chart(categories: list[str], groups: dict[str, list[float]], path: str |
     errors = errors or {}
     tops = [v + (errors.get(name) or [0] * len(vals))[i] for name, vals in groups.items() for i, v in enumerate(vals)]
     ticks = nice_ticks(0.0, max([t for t in tops if math.isfinite(t)] or [1.0]) * 1.05)
-    canvas = Canvas(*size, (0, len(categories)), (ticks[0], ticks[-1]))
+    canvas = Canvas(*size, (0, len(categories)), (ticks[0], ticks[-1]), legend_rows=len(groups))
     centres = [i + 0.5 for i in range(len(categories))]
     canvas.axes(centres, ticks, title=title, xlabel=xlabel, ylabel=ylabel, xtick_labels=categories)
     slot = 0.8 / len(groups)

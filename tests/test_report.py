@@ -144,3 +144,14 @@ def test_a_setting_only_some_runs_have_is_shown_as_unset(tmp_path):
     frame = collect_runs(root)
     variants = dict(zip(frame.run.map(lambda p: p.split("/")[-1]), frame.variant))
     assert variants == {"a": "dataset_options.background=(unset)", "b": "dataset_options.background=plain"}
+
+
+def test_the_legend_sits_below_the_chart(tmp_path):
+    from PIL import Image
+
+    series = [Series(f"run {i}", [1, 2, 3], [1.0 + i, 2.0, 3.0]) for i in range(3)]
+    path = line_chart(series, tmp_path / "l.png", title="t", xlabel="x", ylabel="y", size=(400, 300))
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape == (300 + 3 * 18 + 12, 400)
+    assert (pixels[300:] < 128).any()  # the legend's text and swatches are drawn there
