@@ -70,6 +70,14 @@ def _label(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _fit_legend(size: tuple[int, int], labels: list[str]) -> tuple[int, int]:
+    """``size`` widened, if need be, so that the longest legend label fits below the chart."""
+    font = _font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    longest = max((probe.textlength(label, font=font) for label in labels), default=0)
+    return max(size[0], int(MARGIN["left"] + 30 + longest + 12)), size[1]
+
+
 class Canvas:
     """A plotting area with data -> pixel transforms (linear or log10 x)."""
 
@@ -184,7 +192,7 @@ def line_chart(series: list[Series], path: str | Path, *, title: str, xlabel: st
     else:
         xticks = nice_ticks(min(xs), max(xs))
         xlim = (xticks[0], xticks[-1])
-    canvas = Canvas(*size, xlim, ylim, log_x=log_x, legend_rows=len(series))
+    canvas = Canvas(*_fit_legend(size, [s.label for s in series]), xlim, ylim, log_x=log_x, legend_rows=len(series))
     canvas.axes(xticks, ticks, title=title, xlabel=xlabel, ylabel=ylabel)
     entries = []
     for i, s in enumerate(series):
@@ -219,7 +227,8 @@ def bar_chart(categories: list[str], groups: dict[str, list[float]], path: str |
     errors = errors or {}
     tops = [v + (errors.get(name) or [0] * len(vals))[i] for name, vals in groups.items() for i, v in enumerate(vals)]
     ticks = nice_ticks(0.0, max([t for t in tops if math.isfinite(t)] or [1.0]) * 1.05)
-    canvas = Canvas(*size, (0, len(categories)), (ticks[0], ticks[-1]), legend_rows=len(groups))
+    canvas = Canvas(*_fit_legend(size, list(groups)), (0, len(categories)), (ticks[0], ticks[-1]),
+                    legend_rows=len(groups))
     centres = [i + 0.5 for i in range(len(categories))]
     canvas.axes(centres, ticks, title=title, xlabel=xlabel, ylabel=ylabel, xtick_labels=categories)
     slot = 0.8 / len(groups)

@@ -155,3 +155,13 @@ def test_the_legend_sits_below_the_chart(tmp_path):
         pixels = np.asarray(image.convert("L"))
     assert pixels.shape == (300 + 3 * 18 + 12, 400)
     assert (pixels[300:] < 128).any()  # the legend's text and swatches are drawn there
+
+
+def test_a_long_legend_label_widens_the_chart(tmp_path):
+    from PIL import Image
+
+    label = "baseline [" + ", ".join(f"setting.{i}=value" for i in range(12)) + "]"
+    path = line_chart([Series(label, [1, 2], [1.0, 2.0])], tmp_path / "w.png", title="t", xlabel="x", ylabel="y",
+                      size=(400, 300))
+    with Image.open(path) as image:
+        assert image.size[0] > 400
