@@ -5,7 +5,10 @@ reconstruction loss (perceptual + pixel MSE). ``G(a, h)`` redraws the *appearanc
 image ``a`` in the landmark *structure* given by the heatmaps ``h``. ``x`` is a batch
 image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the batch.
 
-- ``inter_subject``: ``I_a = G(x, H(x^a))``, ``I = G(I_a, H(x'))``, loss(I, x').
+- ``inter_subject``: ``I_a = G(x, H(x^a))``, ``I = G(I_a, H(x'))``, loss(I, x'). With
+  ``method_options.direct_path = true`` the baseline's ``G(x', H(x))`` vs ``x`` is added
+  (one reading of Li et al.'s Table I row "+ inter-subject", which builds on the baseline);
+  its generator call shares the batch of the first auxiliary stage.
 - ``cycle``: the baseline's ``G(x', H(x))`` vs ``x`` plus the swapped ``G(x, H(x'))`` vs ``x'``.
 - ``inter_intra`` (the paper's full model): ``x -> x^a -> x'`` and ``x' -> x^a -> x``,
   ``I_x' = G(G(x, H(x^a)), H(x'))``, ``I_x = G(G(x', H(x^a)), H(x))``,
@@ -42,7 +45,10 @@ import torch
 
 from lmbench.generative import GenerativeMethod
 from lmbench.hookspecs import hookimpl
+from lmbench.methods.supervised import resolve_options
 from lmbench.registry import MethodSpec
+
+INTER_SUBJECT_OPTIONS = {"direct_path": False}
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -96,15 +102,23 @@ class _PairedMethod(GenerativeMethod):
 
 
 class InterSubject(_PairedMethod):
-    """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x')."""
+    """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x') (+ the baseline's path)."""
+
+    def __init__(self, config, **networks):
+        super().__init__(config, **networks)
+        self.options = resolve_options(config, INTER_SUBJECT_OPTIONS, "inter_subject")
 
     def losses(self, images, generator, points=None):
         x, x_prime, _ = self.make_pair(images, generator)
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
-        (i_a,) = self.generate([x], [h_x[perm]])  # x in the structure of x^a
-        (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
-        return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
+        if not self.options["direct_path"]:
+            (i_a,) = self.generate([x], [h_x[perm]])  # x in the structure of x^a
+            (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
+            return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
+        i_a, direct = self.generate([x, x_prime], [h_x[perm], h_x])  # I_a, and the baseline's G(x', H(x))
+        (out,) = self.generate([i_a], [h_prime])
+        return _split_terms(self, torch.cat([direct, out]), torch.cat([x, x_prime]), ("_x", "_xp"))
 
 
 class Cycle(_PairedMethod):

@@ -44,8 +44,8 @@ class SpyGenerator(nn.Module):
         return out
 
 
-def build(cls):
-    config = RunConfig(K=K, image_size=S, batch_size=B)
+def build(cls, method_options=None):
+    config = RunConfig(K=K, image_size=S, batch_size=B, method_options=dict(method_options or {}))
     config.perceptual.backbone = "none"
     torch.manual_seed(0)
     return cls(config, detector=SpyDetector(), generator=SpyGenerator())
@@ -81,6 +81,25 @@ def test_inter_subject_routes_x_through_the_auxiliary_structure_to_x_prime():
     assert close(second["appearance"], first["output"]) and close(second["heatmaps"], h_prime)  # G(I_a, H(x'))
     assert set(terms) == {"pixel"}
     assert math.isclose(terms["pixel"].item(), F.mse_loss(second["output"], x_prime).item(), rel_tol=1e-6)
+
+
+def test_inter_subject_direct_path_adds_the_baseline_term():
+    method = build(InterSubject, method_options={"direct_path": True})
+    terms, x, x_prime, perm, h_x, h_prime = run_losses(method)
+    check_single_detector_call(method, x, x_prime)
+    first, second = method.generator.calls
+    assert close(first["appearance"], torch.cat([x, x_prime]))  # G(x, H(x^a)) and the baseline's G(x', H(x))
+    assert close(first["heatmaps"], torch.cat([h_x[perm], h_x]))
+    i_a, direct = first["output"].chunk(2)
+    assert close(second["appearance"], i_a) and close(second["heatmaps"], h_prime)
+    assert math.isclose(terms["pixel_x"].item(), F.mse_loss(direct, x).item(), rel_tol=1e-6)
+    assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(second["output"], x_prime).item(), rel_tol=1e-6)
+    assert method.config.method_options == {"direct_path": True}
+
+
+def test_inter_subject_rejects_unknown_options():
+    with pytest.raises(ValueError, match="unknown method_options direct"):
+        build(InterSubject, method_options={"direct": True})
 
 
 def test_cycle_runs_the_baseline_both_ways_in_one_generator_call():
