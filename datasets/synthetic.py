@@ -592,15 +592,19 @@ def _texture(rng: ScalarRng, size: int) -> Image.Image:
 BACKGROUNDS = ("cluttered", "plain")
 
 
+def check_background(background: str) -> None:
+    if background not in BACKGROUNDS:
+        raise ValueError(f"synthetic: dataset option background must be one of {BACKGROUNDS}, got {background!r}")
+
+
 def draw_background(rng: ScalarRng, size: int, factor: int, background: str = "cluttered") -> Canvas:
     """A gradient, optional blotchy texture (both at output resolution) and random clutter.
 
     ``background="plain"`` keeps only the gradient. It still makes every random draw of the
-    cluttered background (painted on a scratch canvas), so the rest of the face's stream, and
+    cluttered background (painted, then discarded), so the rest of the face's stream, and
     with it the face, pose, lighting and landmarks, stays the same.
     """
-    if background not in BACKGROUNDS:
-        raise ValueError(f"synthetic: background must be one of {BACKGROUNDS}, got {background!r}")
+    check_background(background)
     base = _gradient(rng, size)
     plain = base
     if rng.random() < TEXTURE_PROBABILITY:
@@ -1021,8 +1025,7 @@ def build_synthetic(
     run's seed and deliberately does not change the data: runs that differ only in their
     seed train and are scored on the same faces, so their spread is the method's own.
     """
-    if background not in BACKGROUNDS:
-        raise ValueError(f"synthetic: dataset option background must be one of {BACKGROUNDS}, got {background!r}")
+    check_background(background)  # before any cache lookup
     cache_dir = (Path(root).expanduser() if root is not None else default_cache_dir()) if cache else None
     sizes = {"train": int(train_size), "reg_train": int(reg_train_size), "test": int(test_size)}
     splits = {}

@@ -271,7 +271,6 @@ def evaluate_points(
     }
     if sweep:
         result["sweep"] = run_sweep(fx, fy, tx, test_gt, protocol, test_iod, image_size, test_to_original)
-    result.update(point_stability(test_points, test_gt, image_size))
     return result
 
 
@@ -417,6 +416,7 @@ def evaluate(
                                 sweep=False, **options)
         result.update(nme_untrained=floor["nme"], nme_untrained_backward=floor["nme_backward"],
                       ced_untrained=floor["ced"])
+    result.update(point_stability(points[1], test.points, test.image_size))  # the trained detector's only, not the floor's
     result.update(protocol=asdict(protocol), discovered=points[1], test_crop_used=crop, leaks_test_annotations=leaks(protocol),
                   landmark_names=list(data.schema.names))
     return result

@@ -346,12 +346,11 @@ def make_builder(name: str, list_sources: Lister, *, default_protocol: str, opti
         listing = list_sources(Path(root), problems, **chosen)
         if common["limit"] is not None:
             listing.splits = {split: records[: int(common["limit"])] for split, records in listing.splits.items()}
+        settings = {"options": chosen, "limit": common["limit"], "protocol": str(protocol), "image_size": int(image_size)}
         if common["annotated_only"]:
             listing.splits = {split: [r for r in records if r.points is not None]
                               for split, records in listing.splits.items()}
-        settings = {"options": chosen, "limit": common["limit"], "protocol": str(protocol), "image_size": int(image_size)}
-        if common["annotated_only"]:  # keyed only when set, so existing caches keep their keys
-            settings["annotated_only"] = True
+            settings["annotated_only"] = True  # keyed only when set, so existing caches keep their keys
         folder, index, _ = prepare(cache_name or name, Path(root), listing, problems.skipped, protocol, int(image_size), settings,
                                    skip_bad=bool(common["skip_bad"]), workers=common["workers"],
                                    rebuild=bool(common["rebuild"]), progress=bool(common["progress"]))
