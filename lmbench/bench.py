@@ -53,7 +53,7 @@ def bench_config(
         if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss
             config.perceptual.backbone, config.perceptual.layers = "vgg16", None
     if perceptual:
-        config.perceptual.backbone = perceptual
+        config.perceptual.backbone, config.perceptual.layers = perceptual, None
     if perceptual_weights:
         config.perceptual.weights = str(perceptual_weights)
     return config

@@ -147,12 +147,12 @@ def _progress_callback(total: int, start: int, description: str):
 @click.option("--K", "K", type=click.IntRange(1, 512), default=10, show_default=True, help="Number of landmarks to discover.")
 @click.option("--dataset", default="synthetic", show_default=True, callback=dataset_name, help="A registered dataset.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the dataset's files are.")
-@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1000; zhang: 1200]")
+@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1000; zhang: 1200; baseline, inter_subject, cycle, inter_intra: 450]")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per step.  [default: 16]")
 @click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels.  [default: 64]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--perceptual", type=click.Choice(["vgg16", "alexnet", "none"]), help="Perceptual-loss backbone.  [default: alexnet; zhang: none]")
+@click.option("--perceptual", type=click.Choice(["vgg16", "alexnet", "none"]), help="Perceptual-loss backbone.  [default: vgg16 to relu3_3; zhang: none]")
 @click.option("--perceptual-weights", type=click.Path(dir_okay=False, exists=True), help="Backbone weights (.pth, torchvision layout).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="CPU threads (0: torch's default).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<method>-K<K>-<dataset>-s<seed>-<time>]")
@@ -205,10 +205,7 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
             apply_override(config, assignment)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--set") from None
-    if perceptual:
-        config.perceptual.backbone = perceptual
-    if perceptual_weights:
-        config.perceptual.weights = str(perceptual_weights)
+    apply_perceptual_option(config, perceptual, perceptual_weights, overrides)
     if detector_init:
         config.detector.init = str(Path(detector_init).resolve())
     if adapt or detector_init:
@@ -225,6 +222,17 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     with progress:
         metrics = run(config, run_dir, resume=resume, on_step=on_step, options=options)
     _print_metrics(metrics, run_dir)
+
+
+def apply_perceptual_option(config, backbone: str | None, weights: str | None, overrides) -> None:
+    """--perceptual picks a backbone with its own default layers (vgg16: the papers' four),
+    unless --set perceptual.layers=... chose the layers; --perceptual-weights the file."""
+    if backbone:
+        config.perceptual.backbone = backbone
+        if not any(a.strip().startswith("perceptual.layers=") for a in overrides):
+            config.perceptual.layers = None
+    if weights:
+        config.perceptual.weights = str(weights)
 
 
 def _resumed_config(run_dir: Path, requested, steps, overrides):

@@ -19,6 +19,12 @@ from lmbench.nn.hourglass import HourglassDetector
 from lmbench.nn.perceptual import build_perceptual
 from lmbench.warps import random_similarity
 
+#: The generative family's own defaults (``MethodSpec.config_defaults``), the same for all
+#: four so that the ablation compares equal training. 450 steps keep the costliest,
+#: ``inter_intra`` (two generator calls and the VGG loss on 2B images per step), within 10
+#: minutes on the 2-core reference CPU; see the README's "Why the CPU defaults differ".
+GENERATIVE_DEFAULTS = {"steps": 450}
+
 
 class GenerativeMethod(LandmarkMethod):
     def __init__(self, config: RunConfig, *, perceptual=None, detector=None, generator=None):

@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import torch
 
-from lmbench.generative import GenerativeMethod
+from lmbench.generative import GENERATIVE_DEFAULTS, GenerativeMethod
 from lmbench.hookspecs import hookimpl
 from lmbench.methods.supervised import resolve_options
 from lmbench.registry import MethodSpec
 
 INTER_SUBJECT_OPTIONS = {"direct_path": False}
+
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -165,15 +166,18 @@ def register_methods():
             name="inter_subject",
             description="Li et al. 2020 inter-subject path: G(G(x, H(x^a)), H(x')) vs x'",
             builder=InterSubject,
+            config_defaults=GENERATIVE_DEFAULTS,
         ),
         MethodSpec(
             name="cycle",
             description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus swapped G(x, H(x')) vs x'",
             builder=Cycle,
+            config_defaults=GENERATIVE_DEFAULTS,
         ),
         MethodSpec(
             name="inter_intra",
             description="Li et al. 2020 full model: x -> x^a -> x' and x' -> x^a -> x (both consistency paths)",
             builder=InterIntra,
+            config_defaults=GENERATIVE_DEFAULTS,
         ),
     ]

@@ -136,3 +136,20 @@ def test_a_folder_run_trains_then_is_scored_on_an_annotated_dataset(runner, test
     assert metrics["evaluated"] is True and metrics["dataset"] == "blobs" and metrics["train_dataset"] == "folder"
     assert metrics["nme"] >= 0 and "not_evaluated_because" not in metrics
     assert json.loads((out / "config.json").read_text())["dataset"] == "folder"  # the training record stays
+
+
+def test_perceptual_option_picks_the_backbones_own_layers_unless_set():
+    from lmbench.cli import apply_perceptual_option
+    from lmbench.config import RunConfig
+
+    config = RunConfig()
+    assert (config.perceptual.backbone, config.perceptual.layers) == ("vgg16", ["relu1_2", "relu2_2", "relu3_3"])
+    apply_perceptual_option(config, "alexnet", None, [])
+    assert (config.perceptual.backbone, config.perceptual.layers) == ("alexnet", None)
+    config = RunConfig()
+    config.perceptual.layers = ["relu2_2"]
+    apply_perceptual_option(config, "vgg16", "w.pth", ['perceptual.layers=["relu2_2"]'])
+    assert (config.perceptual.layers, config.perceptual.weights) == (["relu2_2"], "w.pth")
+    config = RunConfig()
+    apply_perceptual_option(config, None, None, [])
+    assert config.perceptual.layers == ["relu1_2", "relu2_2", "relu3_3"]

@@ -222,3 +222,12 @@ def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
     metrics = run(config, tmp_path / name)
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
     assert (tmp_path / name / "checkpoint.pt").exists()
+
+
+
+def test_the_generative_family_shares_its_defaults():
+    from lmbench import registry
+
+    # One step count for all four, or the ablation would compare different training.
+    for name in ("baseline", "inter_subject", "cycle", "inter_intra"):
+        assert registry.get_method(name).config_defaults == {"steps": 450}, name

@@ -222,6 +222,7 @@ def test_the_cli_applies_the_method_defaults_before_user_settings(test_plugin, t
 def test_optional_perceptual_term_uses_the_schedule():
     config = tiny_config()
     config.perceptual.backbone, config.perceptual.weights = "alexnet", str(SHARED / "weights")
+    config.perceptual.layers = None
     method = Zhang(config)
     assert "perceptual" not in method.state_dict() and all("perceptual" not in k for k in method.state_dict())
     terms = method.losses(torch.rand(2, 3, 32, 32), torch.Generator().manual_seed(0))

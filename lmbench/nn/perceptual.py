@@ -95,7 +95,8 @@ class PerceptualLoss(nn.Module):
         layers = tuple(DEFAULT_LAYERS[backbone] if layers is None else layers)
         unknown = [name for name in layers if name not in LAYERS[backbone]]
         if unknown or not layers:
-            raise ValueError(f"unknown {backbone} layers {unknown}; choose from {list(LAYERS[backbone])}")
+            raise ValueError(f"unknown {backbone} layers {unknown}; choose from {list(LAYERS[backbone])} "
+                             "(perceptual.layers=null: the backbone's default layers)")
         self.backbone = backbone
         self.layers = layers
         self.imagenet_normalize = imagenet_normalize
