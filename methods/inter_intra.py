@@ -51,7 +51,6 @@ from lmbench.registry import MethodSpec
 INTER_SUBJECT_OPTIONS = {"direct_path": False}
 
 
-
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 

@@ -224,7 +224,6 @@ def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
     assert (tmp_path / name / "checkpoint.pt").exists()
 
 
-
 def test_the_generative_family_shares_its_defaults():
     from lmbench import registry
 
