@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lmbench.generative import GENERATIVE_DEFAULTS, GenerativeMethod
+from lmbench.generative import GenerativeMethod, generative_defaults
 from lmbench.hookspecs import hookimpl
 from lmbench.registry import MethodSpec
 
@@ -30,6 +30,6 @@ def register_methods():
             name="baseline",
             description="Sanchez & Tzimiropoulos 2019: reconstruct x from x' through H(x)'s landmark heatmaps",
             builder=Baseline,
-            config_defaults=GENERATIVE_DEFAULTS,
+            config_defaults=generative_defaults("baseline"),
         )
     ]

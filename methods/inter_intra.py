@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from lmbench.generative import GENERATIVE_DEFAULTS, GenerativeMethod
+from lmbench.generative import GenerativeMethod, generative_defaults
 from lmbench.hookspecs import hookimpl
 from lmbench.methods.supervised import resolve_options
 from lmbench.registry import MethodSpec
@@ -165,18 +165,18 @@ def register_methods():
             name="inter_subject",
             description="Li et al. 2020 inter-subject path: G(G(x, H(x^a)), H(x')) vs x'",
             builder=InterSubject,
-            config_defaults=GENERATIVE_DEFAULTS,
+            config_defaults=generative_defaults("inter_subject"),
         ),
         MethodSpec(
             name="cycle",
             description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus swapped G(x, H(x')) vs x'",
             builder=Cycle,
-            config_defaults=GENERATIVE_DEFAULTS,
+            config_defaults=generative_defaults("cycle"),
         ),
         MethodSpec(
             name="inter_intra",
             description="Li et al. 2020 full model: x -> x^a -> x' and x' -> x^a -> x (both consistency paths)",
             builder=InterIntra,
-            config_defaults=GENERATIVE_DEFAULTS,
+            config_defaults=generative_defaults("inter_intra"),
         ),
     ]

@@ -224,9 +224,19 @@ def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
     assert (tmp_path / name / "checkpoint.pt").exists()
 
 
-def test_the_generative_family_shares_its_defaults():
-    from lmbench import registry
+def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
+    from click.testing import CliRunner
 
-    # One step count for all four, or the ablation would compare different training.
-    for name in ("baseline", "inter_subject", "cycle", "inter_intra"):
-        assert registry.get_method(name).config_defaults == {"steps": 450}, name
+    from lmbench import registry
+    from lmbench.cli import cli
+    from lmbench.generative import GENERATIVE_STEPS
+
+    # Equal time, not equal steps: the more generator passes a step makes, the fewer steps.
+    order = ("baseline", "inter_subject", "cycle", "inter_intra")
+    assert [GENERATIVE_STEPS[name] for name in order] == sorted(GENERATIVE_STEPS.values(), reverse=True)
+    for name in order:
+        assert registry.get_method(name).config_defaults == {"steps": GENERATIVE_STEPS[name]}, name
+    # ... and `lmbench run --help` says so.
+    shown = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    for name in order:
+        assert f"{name}: {GENERATIVE_STEPS[name]}" in shown, name
