@@ -46,11 +46,19 @@ class PerceptualConfig:
 
 @dataclass
 class WarpConfig:
-    """The random similarity that turns x into x' for the generative methods."""
+    """The random warp that turns x into x' for the generative methods (and its similarity
+    part, which the supervised references and pretraining use as augmentation)."""
 
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.9, 1.1)
     translation: float = 0.1  # normalised units ([-1, 1] image)
+    # A thin-plate-spline jitter after the similarity, for the generative methods' pairs only
+    # (supervised augmentation and pretraining use the similarity alone): N(0, tps_sigma^2)
+    # offsets (normalised units) of a tps_grid x tps_grid control lattice. 0 gives the papers'
+    # similarity pairs; lmbench's CPU default 0.05 makes the generator need points on the
+    # face's parts, not just the head's pose (README, "Why the CPU defaults differ").
+    tps_sigma: float = 0.05
+    tps_grid: int = 5
 
 
 @dataclass
@@ -115,7 +123,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        return _from_dict(cls, data)
+        return _from_dict(cls, upgrade_saved_config(data))
+
+
+def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the settings it predates filled in as the run actually used them."""
+    warp = data.get("warp")
+    if isinstance(warp, dict) and "tps_sigma" not in warp:
+        # Saved before the TPS jitter existed: those runs trained on similarity pairs.
+        data = {**data, "warp": {"tps_grid": WarpConfig.tps_grid, **warp, "tps_sigma": 0.0}}
+    return data
 
 
 def _from_dict(cls, data: dict[str, Any]):

@@ -17,14 +17,14 @@ from lmbench.nn.bottleneck import LandmarkBottleneck
 from lmbench.nn.generator import HeatmapGenerator
 from lmbench.nn.hourglass import HourglassDetector
 from lmbench.nn.perceptual import build_perceptual
-from lmbench.warps import random_similarity
+from lmbench.warps import random_similarity, random_tps
 
 #: Each generative method's default steps (``MethodSpec.config_defaults``): what fits 10
 #: minutes of wall clock, evaluation included, on the slower of the two 2-core reference CPUs
 #: measured (README, "How many steps"). The costlier a method is per step, the
 #: fewer steps it gets, so the defaults compare the methods at equal time; pass one
 #: ``--steps`` to all four for the papers' equal-schedule comparison.
-GENERATIVE_STEPS = {"baseline": 600, "inter_subject": 450, "cycle": 300, "inter_intra": 250}
+GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 450, "cycle": 300, "inter_intra": 250}
 
 
 def generative_defaults(method: str) -> dict:
@@ -60,7 +60,8 @@ class GenerativeMethod(LandmarkMethod):
         return self.bottleneck(self.detector(images))
 
     def make_pair(self, images: torch.Tensor, generator: torch.Generator):
-        """(x, x', warp): x' is x under a random similarity drawn from ``generator``."""
+        """(x, x', warp): x' is x under a random similarity, then (``warp.tps_sigma`` > 0) a
+        random thin-plate-spline jitter, both drawn from ``generator``."""
         w = self.config.warp
         warp = random_similarity(
             self.random_batch(images),
@@ -70,6 +71,11 @@ class GenerativeMethod(LandmarkMethod):
             generator=generator,
             device=images.device,
         )
+        if w.tps_sigma > 0:
+            jitter = random_tps(
+                self.random_batch(images), grid=w.tps_grid, sigma=w.tps_sigma, generator=generator, device=images.device
+            )
+            warp = warp.then(jitter)
         warp = self.local_rows(warp)  # under DDP: this process's rows of the global draw
         return images, warp.apply_to_images(images), warp
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from lmbench import atomic
+from lmbench.config import upgrade_saved_config
 from lmbench.protocols import describe, leaks
 
 REQUIRED = ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed")
@@ -99,7 +100,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
             _warn(f"skipping {reason}")
             continue
         run = path.parent
-        config = _read_optional(run / "config.json") or {}
+        config = upgrade_saved_config(_read_optional(run / "config.json") or {})
         protocol = metrics.get("protocol") or config.get("protocol") or {}
         rows.append({
             **{key: metrics[key] for key in REQUIRED},

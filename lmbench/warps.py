@@ -138,7 +138,10 @@ class Warp:
             shape = (self.batch_size, *shape[1:])
         elif flat.shape[0] != self.batch_size:
             raise ValueError(f"points have batch {shape[0]}, warp has batch {self.batch_size}")
-        out = fn(flat.to(self.dtype))
+        # Geometry stays in the warp's dtype: under bf16 autocast (CUDA training) the matmuls
+        # here would otherwise round coordinates to ~3 significant digits.
+        with torch.autocast(flat.device.type, enabled=False):
+            out = fn(flat.to(self.dtype))
         return out.to(points.dtype).reshape(shape)
 
     # -- images
@@ -396,9 +399,30 @@ def solve_tps(centres: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 
 
 def tps_eval(points, centres, kernel_weights, affine_weights) -> torch.Tensor:
-    """Evaluate the TPS at ``points`` [B,N,2] (same result as kornia's ``warp_points_tps``)."""
-    kernel = _tps_kernel(_sq_dist(points, centres))
+    """Evaluate the TPS at ``points`` [B,N,2] (same result as kornia's ``warp_points_tps``).
+
+    When every row shares the same points and centres (an image's sampling grid under a
+    random TPS on a fixed lattice) the [N,K] kernel matrix is computed once, not B times.
+    """
+    shared_points, shared_centres = _shared_row(points), _shared_row(centres)
+    if shared_points is not None and shared_centres is not None:
+        kernel = _tps_kernel(_sq_dist(shared_points, shared_centres))  # [1,N,K], broadcast
+    else:
+        kernel = _tps_kernel(_sq_dist(points, centres))
     return affine_weights[:, None, 0] + points @ affine_weights[:, 1:] + kernel @ kernel_weights
+
+
+def _shared_row(rows: torch.Tensor) -> torch.Tensor | None:
+    """``rows[:1]`` when all rows of ``rows`` [B,...] are one row, else None.
+
+    A broadcast (stride 0) passes gradients to its source through ``rows[:1]`` exactly;
+    rows equal only in value are shared just when they need no gradient.
+    """
+    if rows.shape[0] == 1 or rows.stride(0) == 0:
+        return rows[:1]
+    if not rows.requires_grad and torch.equal(rows, rows[:1].expand_as(rows)):
+        return rows[:1]
+    return None
 
 
 def tps_jacobian(points, centres, kernel_weights, affine_weights) -> torch.Tensor:

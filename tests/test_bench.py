@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from lmbench.bench import bench_command, bench_config
+from lmbench.config import RunConfig
 
 KEYS = {"method", "preset", "image_size", "batch_size", "K", "images_per_second", "seconds_per_step",
         "peak_memory_mb", "device", "threads", "torch"}
@@ -41,7 +42,9 @@ def test_paper_preset_is_the_original_architecture():
     assert (config.detector.channels, config.detector.depth) == (256, 4)
     assert (config.generator.conv_dim, config.generator.res_blocks) == (32, 6)
     assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
-    assert bench_config("inter_intra", preset="small").detector.channels == 96
+    assert config.warp.tps_sigma == 0.0  # the papers' similarity pairs, no TPS jitter
+    small = bench_config("inter_intra", preset="small")
+    assert small.detector.channels == 96 and small.warp.tps_sigma == RunConfig().warp.tps_sigma
 
 
 def test_bench_applies_the_methods_own_defaults():

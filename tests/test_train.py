@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmbench import atomic
-from lmbench.config import RunConfig, apply_override
+from lmbench.config import RunConfig, apply_override, upgrade_saved_config
 from lmbench.runner import RunError, run
 from lmbench.train import CHECKPOINT, NonFiniteError, batch_indices, load_checkpoint
 
@@ -96,3 +96,11 @@ def test_config_round_trip():
     config = RunConfig(K=7)
     config.warp.scale = (0.8, 1.25)
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_configs_saved_before_the_tps_jitter_keep_their_similarity_pairs():
+    saved = json.loads(json.dumps(RunConfig().to_dict()))
+    del saved["warp"]["tps_sigma"], saved["warp"]["tps_grid"]
+    assert RunConfig.from_dict(saved).warp.tps_sigma == 0.0
+    assert upgrade_saved_config(saved)["warp"] == {**saved["warp"], "tps_sigma": 0.0, "tps_grid": 5}
+    assert RunConfig().warp.tps_sigma == 0.05  # new runs get the jitter

@@ -396,6 +396,69 @@ def test_make_pair():
     assert warp is given
 
 
+def test_tps_eval_shares_the_kernel_of_a_common_grid_without_changing_values_or_gradients():
+    warp = random_tps(4, grid=5, sigma=0.1, generator=gen(50))
+    weights = warp.kernel_weights.clone().requires_grad_(True)
+    grid = pixel_grid((8, 8))[None]
+
+    def per_row(points):
+        return torch.cat([
+            tps_eval(points[i : i + 1], warp.centres[i : i + 1], weights[i : i + 1], warp.affine_weights[i : i + 1])
+            for i in range(4)
+        ])
+
+    broadcast = grid.expand(4, -1, -1)  # stride 0: the shared path
+    copies = grid.repeat(4, 1, 1).requires_grad_(True)  # equal rows that need their own gradients
+    torch.testing.assert_close(tps_eval(broadcast, warp.centres, weights, warp.affine_weights), per_row(broadcast))
+    shared_grad = torch.autograd.grad(tps_eval(broadcast, warp.centres, weights, warp.affine_weights).square().sum(), weights)
+    reference_grad = torch.autograd.grad(per_row(broadcast).square().sum(), weights)
+    torch.testing.assert_close(shared_grad, reference_grad)
+    out = tps_eval(copies, warp.centres, weights, warp.affine_weights)
+    (point_grad,) = torch.autograd.grad(out[1].sum(), copies)
+    assert point_grad[1].abs().sum() > 0 and point_grad[0].abs().sum() == 0 and point_grad[2:].abs().sum() == 0
+
+
+def test_warps_keep_their_precision_under_bf16_autocast():
+    warp = random_similarity(4, rotation_deg=15.0, scale=(0.9, 1.1), translation=0.1, generator=gen(60)).then(
+        random_tps(4, sigma=0.05, generator=gen(61))
+    )
+    points = torch.rand(4, 7, 2, generator=gen(62)) * 1.6 - 0.8
+    grid, mapped = warp.sampling_grid((16, 16)), warp.map_points(points)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_grid, autocast_mapped = warp.sampling_grid((16, 16)), warp.map_points(points)
+    assert autocast_grid.dtype == autocast_mapped.dtype == torch.float32
+    torch.testing.assert_close(autocast_grid, grid)
+    torch.testing.assert_close(autocast_mapped, mapped)
+
+
+def test_generative_pairs_add_tps_jitter_after_the_same_similarity():
+    from lmbench.config import RunConfig
+    from lmbench.methods.baseline import Baseline
+
+    def pair_method(tps_sigma):
+        config = RunConfig(image_size=32)
+        config.perceptual.backbone = "none"
+        config.warp.tps_sigma = tps_sigma
+        return Baseline(config)
+
+    batch, size = 12, 64
+    points = torch.rand(batch, 2, generator=gen(40)) * 0.6 - 0.3
+    images = blobs(to_pixels(points, (size, size)), size)
+    _, plain_image, plain = pair_method(0.0).make_pair(images, gen(41))
+    x, jittered_image, warp = pair_method(0.05).make_pair(images, gen(41))
+    assert isinstance(plain, AffineWarp)  # tps_sigma 0: the papers' similarity pairs
+    assert isinstance(warp.warps[0], AffineWarp) and isinstance(warp.warps[1], TPSWarp)
+    torch.testing.assert_close(warp.warps[0].matrix, plain.matrix)  # same draws, TPS after
+    torch.testing.assert_close(jittered_image, warp.apply_to_images(x))
+    # The jitter moves points by a few hundredths of the half-side (sigma 0.05)...
+    shift = (warp.map_points(points[:, None]) - plain.map_points(points[:, None])).norm(dim=-1)
+    assert 0.01 < shift.mean() < 0.15, shift
+    # ...and x' shows each blob where the pair's warp maps its centre.
+    found = warped_blob_position(warp, points, size)
+    expected = to_pixels(warp.map_points(points[:, None])[:, 0], (size, size)).double()
+    assert (found - expected).norm(dim=-1).max() < 0.5
+
+
 def test_make_rotation_pair_relative_warp():
     x = ramp_images(4, 32)
     x1, x2, warp = make_rotation_pair(x, generator=gen(33))
