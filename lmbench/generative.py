@@ -62,9 +62,9 @@ class GenerativeMethod(LandmarkMethod):
     def make_pair(self, images: torch.Tensor, generator: torch.Generator):
         """(x, x', warp): x' is x under a random similarity, then (``warp.tps_sigma`` > 0) a
         random thin-plate-spline jitter, both drawn from ``generator``."""
-        w = self.config.warp
+        w, batch = self.config.warp, self.random_batch(images)
         warp = random_similarity(
-            self.random_batch(images),
+            batch,
             rotation_deg=w.rotation_deg,
             scale=tuple(w.scale),
             translation=w.translation,
@@ -72,10 +72,7 @@ class GenerativeMethod(LandmarkMethod):
             device=images.device,
         )
         if w.tps_sigma > 0:
-            jitter = random_tps(
-                self.random_batch(images), grid=w.tps_grid, sigma=w.tps_sigma, generator=generator, device=images.device
-            )
-            warp = warp.then(jitter)
+            warp = warp.then(random_tps(batch, grid=w.tps_grid, sigma=w.tps_sigma, generator=generator, device=images.device))
         warp = self.local_rows(warp)  # under DDP: this process's rows of the global draw
         return images, warp.apply_to_images(images), warp
 
