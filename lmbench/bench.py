@@ -78,6 +78,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: str = "") -> dict:
     """Build ``config.method`` from the registry and time ``steps`` training steps."""
+    from lmbench.runner import check_image_size
     from lmbench.train import autocast_for, batch_indices, build_optimizer, resolve_device, train_step
 
     if steps < 1 or warmup < 0:
@@ -87,6 +88,7 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     method = registry.get_method(config.method).builder(config).to(device).train()
+    check_image_size(config, method)
     optimizer = build_optimizer(method, config)
     data = random_split(4 * config.batch_size, config.image_size, config.seed)
     autocast = autocast_for(device)

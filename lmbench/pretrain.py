@@ -175,7 +175,7 @@ def pretrain_config(**settings) -> RunConfig:
 def pretrain(config: RunConfig, run_dir: Path, *, sigma: float = 1.0, augment: bool = True,
              eval_split: str = "test", on_step=None) -> dict:
     """Train the detector on ``config.dataset``'s annotated points and write the run directory."""
-    from lmbench.runner import CONFIG, METRICS, RunError, build_dataset, seed_everything
+    from lmbench.runner import CONFIG, METRICS, RunError, build_dataset, check_image_size, seed_everything
     from lmbench.train import CHECKPOINT, load_checkpoint, resolve_device, train
 
     if (run_dir / CHECKPOINT).exists():
@@ -189,6 +189,7 @@ def pretrain(config: RunConfig, run_dir: Path, *, sigma: float = 1.0, augment: b
         raise RunError(f"dataset {config.dataset!r} has no annotated training split to pretrain on")
     config.K = data.schema.num_points
     method = HeatmapPretraining(config, sigma=sigma, augment=augment)
+    check_image_size(config, method)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = {"task": "heatmap regression", "sigma": sigma, "augment": augment, "eval_split": eval_split,
             "points": list(data.schema.names)}

@@ -76,6 +76,18 @@ def check_protocol_fits(config: RunConfig, data: DatasetSplits) -> None:
                            f"(split {lacking[0]!r}); choose another --protocol")
 
 
+def check_image_size(config: RunConfig, method: LandmarkMethod) -> None:
+    """Fail before training when a network cannot take ``config.image_size`` (for example the
+    hourglass, whose input sides must be multiples of 4 * 2**depth)."""
+    for module in method.modules():
+        multiple = getattr(module, "size_multiple", None)
+        if multiple and config.image_size % multiple:
+            lower = config.image_size // multiple * multiple
+            nearest = " or ".join(str(s) for s in (lower, lower + multiple) if s > 0)
+            raise RunError(f"--image-size {config.image_size}: {type(module).__name__} needs a multiple of "
+                           f"{multiple} (try {nearest}, or another detector.depth)")
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -163,6 +175,7 @@ def run(
         data_seconds = time.perf_counter() - t_data
         check_protocol_fits(config, data)  # before training, not after it
         method = build_method(config)
+        check_image_size(config, method)
         train_split = data.split(method.train_split)
         if method.uses_labels and train_split.points is None:
             raise RunError(f"method {config.method!r} needs annotated training images; dataset "

@@ -37,6 +37,16 @@ def test_unknown_method_is_a_usage_error(fresh_plugins):
     assert result.exit_code == 2 and "unknown method 'nope'" in result.output
 
 
+def test_an_image_size_the_hourglass_cannot_take_is_refused(fresh_plugins):
+    from lmbench.cli import _add_plugin_commands, cli
+
+    _add_plugin_commands()
+    args = ["--method", "baseline", *TINY]
+    args[args.index("--image-size") + 1] = "48"
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 1 and "--image-size 48" in result.output and "multiple of 32" in result.output
+
+
 def test_paper_preset_is_the_original_architecture():
     config = bench_config("inter_intra", preset="paper")
     assert (config.detector.channels, config.detector.depth) == (256, 4)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lmbench.nn.bottleneck import LandmarkBottleneck, pixel_centres, render_gaussians, softargmax
+from lmbench.nn.hourglass import HourglassDetector
 
 
 def test_pixel_centres_align_corners_false():
@@ -63,3 +64,12 @@ def test_bottleneck_gradients_flow():
     assert points.shape == (2, 3, 2) and maps.shape == (2, 3, 8, 8)
     (maps.sum() + points.sum()).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_hourglass_maps_are_a_quarter_of_the_input_and_odd_sizes_are_refused():
+    detector = HourglassDetector(3, channels=8, depth=2, stem_channels=8).eval()
+    assert detector.size_multiple == 16
+    with torch.no_grad():
+        assert detector(torch.rand(1, 3, 32, 48)).shape == (1, 3, 8, 12)
+        with pytest.raises(ValueError, match=r"multiples of 16"):
+            detector(torch.rand(1, 3, 40, 48))

@@ -153,3 +153,13 @@ def test_perceptual_option_picks_the_backbones_own_layers_unless_set():
     config = RunConfig()
     apply_perceptual_option(config, None, None, [])
     assert config.perceptual.layers == ["relu1_2", "relu2_2", "relu3_3"]
+
+
+def test_an_image_size_the_hourglass_cannot_take_fails_before_training(runner, fresh_plugins, tmp_path):
+    out = tmp_path / "b48"
+    result = runner.invoke(cli, ["run", "--method", "baseline", "--K", "3", "--steps", "2", "--batch-size", "2",
+                                 "--image-size", "48", "--perceptual", "none", "--set", "detector.channels=8",
+                                 "--set", "detector.stem_channels=8", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--image-size 48" in result.output and "multiple of 32" in result.output and "32 or 64" in result.output
+    assert not out.exists()  # nothing half-written

@@ -120,3 +120,15 @@ def test_pretrained_detector_initialises_a_run(tmp_path, test_plugin, pretrain_c
     assert detector["adapt"] == "incremental" and detector["init"] == str((out / "checkpoint.pt").resolve())
     model = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     assert any(key.endswith("parametrizations.weight.0.mix") for key in model)
+
+
+def test_pretrain_refuses_an_image_size_the_hourglass_cannot_take(tmp_path, pretrain_cli):
+    mpii._CACHE.clear()
+    root = write_mpii_fixture(tmp_path / "mpii")
+    out = tmp_path / "pre"
+    args = list(SMALL)
+    args[args.index("--image-size") + 1] = "44"  # depth 1: sides must be multiples of 8
+    result = CliRunner().invoke(pretrain_cli, ["pretrain", "--dataset", "mpii", "--data-root", str(root), "--out", str(out),
+                                               "--steps", "1", *args])
+    assert result.exit_code == 1 and "--image-size 44" in result.output and "40 or 48" in result.output
+    assert not out.exists()

@@ -76,6 +76,17 @@ class HourglassDetector(nn.Module):
         )
         self.head = nn.Conv2d(channels, num_maps, 1)
         self.num_maps = num_maps
+        self.depth = depth
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this: the stem quarters them, each hourglass level halves them."""
+        return 4 * 2**self.depth
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if any(side % self.size_multiple for side in images.shape[-2:]):
+            raise ValueError(
+                f"input {tuple(images.shape[-2:])}: the hourglass detector (depth {self.depth}) needs image sides "
+                f"that are multiples of {self.size_multiple}"
+            )
         return self.head(self.neck(self.hourglass(self.stem(images))))
