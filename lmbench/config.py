@@ -13,6 +13,11 @@ class DetectorConfig:
     channels: int = 96
     depth: int = 3
     stem_channels: int = 64
+    # Multiplies the head's initial weights (1 = PyTorch's default init). The generative
+    # methods use 0.5 (lmbench.generative.GENERATIVE_HEAD_INIT_GAIN): flatter untrained maps,
+    # so the softargmax's gradient reaches more pixels than the few a random network
+    # favours (README, "Flatter initial maps").
+    head_init_gain: float = 1.0
     init: str | None = None  # pretrained detector checkpoint (--detector-init), see lmbench.adapt
     adapt: str = "scratch"  # incremental | finetune | scratch
 

@@ -26,10 +26,15 @@ from lmbench.warps import random_similarity, random_tps
 #: ``--steps`` to all four for the papers' equal-schedule comparison.
 GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 450, "cycle": 300, "inter_intra": 250}
 
+#: The generative methods' initial head scale (``detector.head_init_gain``): the untrained
+#: detector's maps start flatter, so the softargmax passes gradient to most pixels instead of
+#: to the few that a random network happens to favour (README, "Flatter initial maps").
+GENERATIVE_HEAD_INIT_GAIN = 0.5
+
 
 def generative_defaults(method: str) -> dict:
     """The ``config_defaults`` of one of the four generative methods."""
-    return {"steps": GENERATIVE_STEPS[method]}
+    return {"steps": GENERATIVE_STEPS[method], "detector.head_init_gain": GENERATIVE_HEAD_INIT_GAIN}
 
 
 class GenerativeMethod(LandmarkMethod):
@@ -37,7 +42,7 @@ class GenerativeMethod(LandmarkMethod):
         super().__init__(config)
         det, gen, per = config.detector, config.generator, config.perceptual
         self.detector = detector or initialise_detector(
-            HourglassDetector(config.K, det.channels, det.depth, det.stem_channels), det
+            HourglassDetector(config.K, det.channels, det.depth, det.stem_channels, det.head_init_gain), det
         )
         self.bottleneck = LandmarkBottleneck(config.bottleneck.temperature, config.bottleneck.sigma)
         self.generator = generator or HeatmapGenerator(config.K, gen.conv_dim, gen.res_blocks)

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from lmbench.bench import bench_command, bench_config
 from lmbench.config import RunConfig
+from lmbench.generative import GENERATIVE_HEAD_INIT_GAIN
 
 KEYS = {"method", "preset", "image_size", "batch_size", "K", "images_per_second", "seconds_per_step",
         "peak_memory_mb", "device", "threads", "torch"}
@@ -53,8 +54,10 @@ def test_paper_preset_is_the_original_architecture():
     assert (config.generator.conv_dim, config.generator.res_blocks) == (32, 6)
     assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
     assert config.warp.tps_sigma == 0.0  # the papers' similarity pairs, no TPS jitter
+    assert config.detector.head_init_gain == 1.0  # and PyTorch's initialisation
     small = bench_config("inter_intra", preset="small")
     assert small.detector.channels == 96 and small.warp.tps_sigma == RunConfig().warp.tps_sigma
+    assert small.detector.head_init_gain == GENERATIVE_HEAD_INIT_GAIN
 
 
 def test_bench_applies_the_methods_own_defaults():

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lmbench.nn.bottleneck import LandmarkBottleneck, pixel_centres, render_gaussians, softargmax
+from lmbench.nn.bottleneck import LandmarkBottleneck, pixel_centres, render_gaussians, softargmax, spatial_softmax
 from lmbench.nn.hourglass import HourglassDetector
 
 
@@ -64,6 +64,22 @@ def test_bottleneck_gradients_flow():
     assert points.shape == (2, 3, 2) and maps.shape == (2, 3, 8, 8)
     (maps.sum() + points.sum()).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_head_init_gain_scales_the_untrained_logits_and_flattens_the_maps():
+    images = torch.rand(4, 3, 32, 32)
+    logits = {}
+    for gain in (1.0, 0.2):
+        torch.manual_seed(0)  # same draws: only the head's scale differs
+        detector = HourglassDetector(3, channels=8, depth=2, stem_channels=8, head_init_gain=gain).eval()
+        with torch.no_grad():
+            logits[gain] = detector(images)
+    torch.testing.assert_close(logits[0.2], 0.2 * logits[1.0])
+    peak = {gain: spatial_softmax(value, 0.1).amax(dim=(-2, -1)) for gain, value in logits.items()}
+    assert (peak[0.2] < peak[1.0]).all()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="detector.head_init_gain"):
+            HourglassDetector(3, channels=8, depth=2, stem_channels=8, head_init_gain=bad)
 
 
 def test_hourglass_maps_are_a_quarter_of_the_input_and_odd_sizes_are_refused():

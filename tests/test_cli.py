@@ -163,3 +163,12 @@ def test_an_image_size_the_hourglass_cannot_take_fails_before_training(runner, f
     assert result.exit_code == 1
     assert "--image-size 48" in result.output and "multiple of 32" in result.output and "32 or 64" in result.output
     assert not out.exists()  # nothing half-written
+
+
+def test_a_non_positive_head_init_gain_fails_naming_the_option(runner, test_plugin, tmp_path):
+    out = tmp_path / "g"
+    result = runner.invoke(cli, ["run", "--method", "baseline", "--dataset", "blobs", "--K", "3", "--steps", "2",
+                                 "--batch-size", "4", "--image-size", "32", "--perceptual", "none",
+                                 "--set", "detector.head_init_gain=0", "--out", str(out)])
+    assert result.exit_code == 1 and "detector.head_init_gain" in result.output
+    assert not out.exists()

@@ -9,6 +9,8 @@ adaptation re-parametrises.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -55,8 +57,12 @@ class Hourglass(nn.Module):
 class HourglassDetector(nn.Module):
     """RGB in [0, 1] (no mean/std, like the original) -> K score maps at 1/4 resolution."""
 
-    def __init__(self, num_maps: int, channels: int = 256, depth: int = 4, stem_channels: int = 64):
+    def __init__(
+        self, num_maps: int, channels: int = 256, depth: int = 4, stem_channels: int = 64, head_init_gain: float = 1.0
+    ):
         super().__init__()
+        if not (math.isfinite(head_init_gain) and head_init_gain > 0):
+            raise ValueError(f"detector.head_init_gain must be a positive number, got {head_init_gain}")
         mid = max(channels // 2, stem_channels)
         self.stem = nn.Sequential(
             nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False),
@@ -75,6 +81,12 @@ class HourglassDetector(nn.Module):
             nn.ReLU(True),
         )
         self.head = nn.Conv2d(channels, num_maps, 1)
+        if head_init_gain != 1.0:
+            # Scales the initial logits, so the untrained maps are flatter (gain < 1) without
+            # changing the softmax temperature the trained maps are read at.
+            with torch.no_grad():
+                self.head.weight.mul_(head_init_gain)
+                self.head.bias.mul_(head_init_gain)
         self.num_maps = num_maps
         self.depth = depth
 
