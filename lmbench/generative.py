@@ -42,7 +42,7 @@ class GenerativeMethod(LandmarkMethod):
         super().__init__(config)
         det, gen, per = config.detector, config.generator, config.perceptual
         self.detector = detector or initialise_detector(
-            HourglassDetector(config.K, det.channels, det.depth, det.stem_channels, det.head_init_gain), det
+            HourglassDetector.from_config(config.K, det), det
         )
         self.bottleneck = LandmarkBottleneck(config.bottleneck.temperature, config.bottleneck.sigma)
         self.generator = generator or HeatmapGenerator(config.K, gen.conv_dim, gen.res_blocks)

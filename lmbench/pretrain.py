@@ -47,8 +47,7 @@ class HeatmapPretraining(LandmarkMethod):
 
     def __init__(self, config: RunConfig, sigma: float = 1.0, augment: bool = True):
         super().__init__(config)
-        det = config.detector
-        self.detector = HourglassDetector(config.K, det.channels, det.depth, det.stem_channels, det.head_init_gain)
+        self.detector = HourglassDetector.from_config(config.K, config.detector)
         self.sigma, self.augment = sigma, augment
 
     def losses(self, images, generator, points=None):

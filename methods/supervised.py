@@ -105,7 +105,7 @@ class SupervisedReference(LandmarkMethod):
         if o["adversarial_weight"] < 0:
             raise ValueError(f"method {self.name!r}: method_options.adversarial_weight must be >= 0")
         det = config.detector
-        self.detector = initialise_detector(HourglassDetector(config.K, det.channels, det.depth, det.stem_channels, det.head_init_gain), det)
+        self.detector = initialise_detector(HourglassDetector.from_config(config.K, det), det)
         self.extra_split = None
         if o["adversarial_weight"] > 0:
             self.discriminator = PatchDiscriminator(3 + config.K, o["disc_channels"])

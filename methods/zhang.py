@@ -197,7 +197,7 @@ class Zhang(LandmarkMethod):
         _check_options(o)
         det, gen, per = config.detector, config.generator, config.perceptual
         self.detector = initialise_detector(
-            HourglassDetector(config.K + 1, det.channels, det.depth, det.stem_channels, det.head_init_gain), det
+            HourglassDetector.from_config(config.K + 1, det), det
         )
         width = 4 * gen.conv_dim
         feature_dim = o["feature_dim"] if o["landmark_features"] else 0

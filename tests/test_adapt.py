@@ -28,7 +28,7 @@ def pretrained(tmp_path, num_maps=5, seed=0):
 def fresh(num_maps, path, adapt, **arch):
     torch.manual_seed(123)
     config = DetectorConfig(**{**ARCH, **arch}, init=str(path) if path else None, adapt=adapt)
-    return initialise_detector(HourglassDetector(num_maps, config.channels, config.depth, config.stem_channels), config)
+    return initialise_detector(HourglassDetector.from_config(num_maps, config), config)
 
 
 def count_3x3(detector):

@@ -90,6 +90,11 @@ class HourglassDetector(nn.Module):
         self.num_maps = num_maps
         self.depth = depth
 
+    @classmethod
+    def from_config(cls, num_maps: int, config) -> "HourglassDetector":
+        """The detector a run's ``DetectorConfig`` describes (every method builds it this way)."""
+        return cls(num_maps, config.channels, config.depth, config.stem_channels, config.head_init_gain)
+
     @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this: the stem quarters them, each hourglass level halves them."""
