@@ -50,6 +50,7 @@ def bench_config(
     if preset == "paper":
         config.detector.channels, config.detector.depth, config.detector.stem_channels = 256, 4, 64
         config.generator.conv_dim, config.generator.res_blocks = 32, 6
+        config.generator.input_norm = True  # the original's BatchNorm over [features; heatmaps]
         config.warp.tps_sigma = 0.0  # the papers' pairs: a similarity, no TPS jitter
         config.detector.head_init_gain = 1.0  # the original's (PyTorch's) initialisation
         if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss

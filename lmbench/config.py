@@ -35,6 +35,11 @@ class BottleneckConfig:
 class GeneratorConfig:
     conv_dim: int = 16
     res_blocks: int = 4
+    # BatchNorm over [features; heatmaps] before the residual blocks, as in Sanchez's and Li et
+    # al.'s code: it brings the Gaussian maps (std ~0.2 at sigma 2) to the scale of the image
+    # features (README, "The generator's input normalisation"). Runs saved before it existed
+    # load with False, their architecture.
+    input_norm: bool = True
 
 
 @dataclass
@@ -137,6 +142,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(warp, dict) and "tps_sigma" not in warp:
         # Saved before the TPS jitter existed: those runs trained on similarity pairs.
         data = {**data, "warp": {"tps_grid": WarpConfig.tps_grid, **warp, "tps_sigma": 0.0}}
+    generator = data.get("generator")
+    if isinstance(generator, dict) and "input_norm" not in generator:
+        # Saved before the generator normalised its concatenated input: those runs had no such layer.
+        data = {**data, "generator": {**generator, "input_norm": False}}
     return data
 
 

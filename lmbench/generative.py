@@ -45,7 +45,7 @@ class GenerativeMethod(LandmarkMethod):
             HourglassDetector.from_config(config.K, det), det
         )
         self.bottleneck = LandmarkBottleneck(config.bottleneck.temperature, config.bottleneck.sigma)
-        self.generator = generator or HeatmapGenerator(config.K, gen.conv_dim, gen.res_blocks)
+        self.generator = generator or HeatmapGenerator(config.K, gen.conv_dim, gen.res_blocks, gen.input_norm)
         if perceptual is None and per.backbone != "none":
             perceptual = build_perceptual(
                 per.backbone, per.weights, layers=per.layers, imagenet_normalize=per.imagenet_normalize

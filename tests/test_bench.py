@@ -52,6 +52,7 @@ def test_paper_preset_is_the_original_architecture():
     config = bench_config("inter_intra", preset="paper")
     assert (config.detector.channels, config.detector.depth) == (256, 4)
     assert (config.generator.conv_dim, config.generator.res_blocks) == (32, 6)
+    assert config.generator.input_norm  # the original's BatchNorm over [features; heatmaps]
     assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
     assert config.warp.tps_sigma == 0.0  # the papers' similarity pairs, no TPS jitter
     assert config.detector.head_init_gain == 1.0  # and PyTorch's initialisation

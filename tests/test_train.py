@@ -104,3 +104,10 @@ def test_configs_saved_before_the_tps_jitter_keep_their_similarity_pairs():
     assert RunConfig.from_dict(saved).warp.tps_sigma == 0.0
     assert upgrade_saved_config(saved)["warp"] == {**saved["warp"], "tps_sigma": 0.0, "tps_grid": 5}
     assert RunConfig().warp.tps_sigma == 0.05  # new runs get the jitter
+
+
+def test_configs_saved_before_the_generator_input_norm_keep_their_generator():
+    saved = json.loads(json.dumps(RunConfig().to_dict()))
+    del saved["generator"]["input_norm"]
+    assert RunConfig.from_dict(saved).generator.input_norm is False  # their checkpoints have no such layer
+    assert RunConfig().generator.input_norm is True  # new runs get the originals' normalisation

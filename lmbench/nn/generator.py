@@ -1,8 +1,10 @@
 """StarGAN-style generator conditioned on landmark heatmaps (Sanchez & Tzimiropoulos 2019).
 
 conv 7x7 (3 -> c), two stride-2 4x4 convs down to 4c channels at 1/4 resolution, the K
-heatmaps concatenated, residual blocks of (4c + K) channels, two stride-2 transposed
-convs up, conv 7x7 -> 3, tanh mapped to [0, 1]. BatchNorm throughout, as in the original.
+heatmaps concatenated and the concatenation batch-normalised (``input_norm``, as in the
+originals' code: it lifts the Gaussian maps to the image features' scale), residual blocks
+of (4c + K) channels, two stride-2 transposed convs up, conv 7x7 -> 3, tanh mapped to
+[0, 1]. BatchNorm throughout, as in the original.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class ResidualBlock(nn.Module):
 class HeatmapGenerator(nn.Module):
     """G(appearance image, heatmaps) -> image in [0, 1]; heatmaps are at 1/4 resolution."""
 
-    def __init__(self, num_maps: int, conv_dim: int = 32, res_blocks: int = 6):
+    def __init__(self, num_maps: int, conv_dim: int = 32, res_blocks: int = 6, input_norm: bool = True):
         super().__init__()
         c = conv_dim
         self.encoder = nn.Sequential(
@@ -44,7 +46,8 @@ class HeatmapGenerator(nn.Module):
             conv_bn_relu(2 * c, 4 * c, 4, stride=2, padding=1),
         )
         width = 4 * c + num_maps
-        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(res_blocks)])
+        norm = [nn.BatchNorm2d(width)] if input_norm else []
+        self.blocks = nn.Sequential(*norm, *[ResidualBlock(width) for _ in range(res_blocks)])
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(width, 2 * c, 4, 2, 1, bias=False),
             nn.BatchNorm2d(2 * c),
