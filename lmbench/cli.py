@@ -147,7 +147,7 @@ def _progress_callback(total: int, start: int, description: str):
 @click.option("--K", "K", type=click.IntRange(1, 512), default=10, show_default=True, help="Number of landmarks to discover.")
 @click.option("--dataset", default="synthetic", show_default=True, callback=dataset_name, help="A registered dataset.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the dataset's files are.")
-@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1000; zhang: 1200; baseline: 500; inter_subject: 450; cycle: 300; inter_intra: 250]")
+@click.option("--steps", type=click.IntRange(1), help="Training steps.  [default: 1000; zhang: 1200; baseline: 500; inter_subject: 420; cycle: 275; inter_intra: 235]")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per step.  [default: 16]")
 @click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels.  [default: 64]")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -24,7 +24,7 @@ from lmbench.warps import random_similarity, random_tps
 #: measured (README, "How many steps"). The costlier a method is per step, the
 #: fewer steps it gets, so the defaults compare the methods at equal time; pass one
 #: ``--steps`` to all four for the papers' equal-schedule comparison.
-GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 450, "cycle": 300, "inter_intra": 250}
+GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 420, "cycle": 275, "inter_intra": 235}
 
 #: The generative methods' initial head scale (``detector.head_init_gain``): the untrained
 #: detector's maps start flatter, so the softargmax passes gradient to most pixels instead of
