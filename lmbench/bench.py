@@ -52,6 +52,7 @@ def bench_config(
         config.generator.conv_dim, config.generator.res_blocks = 32, 6
         config.generator.input_norm = True  # the original's BatchNorm over [features; heatmaps]
         config.warp.tps_sigma = 0.0  # the papers' pairs: a similarity, no TPS jitter
+        config.warp.mask_padding = False  # the papers' loss counts x''s padding too
         config.detector.head_init_gain = 1.0  # the original's (PyTorch's) initialisation
         if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss
             config.perceptual.backbone, config.perceptual.layers = "vgg16", None

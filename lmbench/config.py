@@ -69,6 +69,12 @@ class WarpConfig:
     # face's parts, not just the head's pose (README, "Why the CPU defaults differ").
     tps_sigma: float = 0.05
     tps_grid: int = 5
+    # Where a method compares its output with the warped x', the reconstruction loss skips the
+    # pixels that the warp filled from outside the source image (border padding): otherwise the
+    # generator can only draw that padding if the landmarks track the image's frame, and the
+    # detector learns to put them there (README, "Padding of the warped target"). The baseline's
+    # target is the unwarped x, so it is unaffected.
+    mask_padding: bool = True
 
 
 @dataclass
@@ -142,6 +148,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(warp, dict) and "tps_sigma" not in warp:
         # Saved before the TPS jitter existed: those runs trained on similarity pairs.
         data = {**data, "warp": {"tps_grid": WarpConfig.tps_grid, **warp, "tps_sigma": 0.0}}
+        warp = data["warp"]
+    if isinstance(warp, dict) and "mask_padding" not in warp:
+        # Saved before the padding mask existed: their loss counted the padding of x'.
+        data = {**data, "warp": {**warp, "mask_padding": False}}
     generator = data.get("generator")
     if isinstance(generator, dict) and "input_norm" not in generator:
         # Saved before the generator normalised its concatenated input: those runs had no such layer.

@@ -81,6 +81,23 @@ class GenerativeMethod(LandmarkMethod):
         warp = self.local_rows(warp)  # under DDP: this process's rows of the global draw
         return images, warp.apply_to_images(images), warp
 
+    def padding_mask(self, warp, images: torch.Tensor) -> torch.Tensor | None:
+        """[B, 1, H, W]: 1 where ``warp(images)`` shows image content, 0 where it shows padding
+        (bilinear in between); None when ``warp.mask_padding`` is off."""
+        if not self.config.warp.mask_padding:
+            return None
+        ones = images.new_ones(images.shape[0], 1, *images.shape[-2:])
+        return warp.apply_to_images(ones, padding_mode="zeros")
+
+    @staticmethod
+    def outside_mask_as_target(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``output`` where ``mask`` is 1, ``target`` where it is 0: the padding then adds nothing
+        to either loss term and no gradient flows from it. In ``output``'s dtype (bf16 under
+        CUDA autocast), as the loss would have seen the output alone."""
+        if mask is None:
+            return output
+        return torch.lerp(target.to(output.dtype), output, mask.to(output.dtype))
+
     def target_features(self, target: torch.Tensor) -> list[torch.Tensor] | None:
         """Perceptual features of a target image, computed once per step and reused."""
         if self.perceptual is None:

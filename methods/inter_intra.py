@@ -14,6 +14,10 @@ image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the
   ``I_x' = G(G(x, H(x^a)), H(x'))``, ``I_x = G(G(x', H(x^a)), H(x))``,
   loss = (perceptual + MSE)(I_x, x) + (perceptual + MSE)(I_x', x').
 
+Every output compared with x' is first replaced by x' where x' shows the warp's padding
+(``warp.mask_padding``, :meth:`GenerativeMethod.padding_mask`): otherwise the generator
+could only draw that padding if the landmarks tracked the image's frame.
+
 Pairing (``derangement``): ``perm`` is a uniformly random *cyclic* permutation of the
 batch drawn with Sattolo's algorithm from the step generator. It has no fixed point
 (nobody is its own auxiliary), every image is the auxiliary of exactly one other, it
@@ -109,15 +113,18 @@ class InterSubject(_PairedMethod):
         self.options = resolve_options(config, INTER_SUBJECT_OPTIONS, "inter_subject")
 
     def losses(self, images, generator, points=None):
-        x, x_prime, _ = self.make_pair(images, generator)
+        x, x_prime, warp = self.make_pair(images, generator)
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
+        valid = self.padding_mask(warp, x)
         if not self.options["direct_path"]:
             (i_a,) = self.generate([x], [h_x[perm]])  # x in the structure of x^a
             (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
+            out = self.outside_mask_as_target(out, x_prime, valid)
             return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
         i_a, direct = self.generate([x, x_prime], [h_x[perm], h_x])  # I_a, and the baseline's G(x', H(x))
         (out,) = self.generate([i_a], [h_prime])
+        out = self.outside_mask_as_target(out, x_prime, valid)
         return _split_terms(self, torch.cat([direct, out]), torch.cat([x, x_prime]), ("_x", "_xp"))
 
 
@@ -125,9 +132,10 @@ class Cycle(_PairedMethod):
     """Both directions of the baseline: G(x', H(x)) vs x, and G(x, H(x')) vs x'."""
 
     def losses(self, images, generator, points=None):
-        x, x_prime, _ = self.make_pair(images, generator)
+        x, x_prime, warp = self.make_pair(images, generator)
         h_x, h_prime = self.encode_pair(x, x_prime)
         to_x, to_prime = self.generate([x_prime, x], [h_x, h_prime])
+        to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
         targets = torch.cat([x, x_prime])
         return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
 
@@ -139,12 +147,13 @@ class InterIntra(_PairedMethod):
     """
 
     def losses(self, images, generator, points=None):
-        x, x_prime, _ = self.make_pair(images, generator)
+        x, x_prime, warp = self.make_pair(images, generator)
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
         h_aux = h_x[perm]
         i_a, i_a_prime = self.generate([x, x_prime], [h_aux, h_aux])  # first stage: structure of x^a
         to_prime, to_x = self.generate([i_a, i_a_prime], [h_prime, h_x])  # second stage
+        to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
         targets = torch.cat([x, x_prime])
         return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
 

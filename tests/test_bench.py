@@ -55,10 +55,12 @@ def test_paper_preset_is_the_original_architecture():
     assert config.generator.input_norm  # the original's BatchNorm over [features; heatmaps]
     assert config.perceptual.backbone == "vgg16" and config.perceptual.layers is None
     assert config.warp.tps_sigma == 0.0  # the papers' similarity pairs, no TPS jitter
+    assert config.warp.mask_padding is False  # and their loss over every pixel of x'
     assert config.detector.head_init_gain == 1.0  # and PyTorch's initialisation
     small = bench_config("inter_intra", preset="small")
     assert small.detector.channels == 96 and small.warp.tps_sigma == RunConfig().warp.tps_sigma
     assert small.detector.head_init_gain == GENERATIVE_HEAD_INIT_GAIN
+    assert small.warp.mask_padding is True
 
 
 def test_bench_applies_the_methods_own_defaults():

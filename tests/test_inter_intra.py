@@ -44,9 +44,10 @@ class SpyGenerator(nn.Module):
         return out
 
 
-def build(cls, method_options=None):
+def build(cls, method_options=None, mask_padding=False):
     config = RunConfig(K=K, image_size=S, batch_size=B, method_options=dict(method_options or {}))
     config.perceptual.backbone = "none"
+    config.warp.mask_padding = mask_padding
     torch.manual_seed(0)
     return cls(config, detector=SpyDetector(), generator=SpyGenerator())
 
@@ -129,6 +130,59 @@ def test_inter_intra_runs_both_paths_in_two_generator_calls():
     assert set(terms) == {"pixel_x", "pixel_xp"}
     assert math.isclose(terms["pixel_x"].item(), F.mse_loss(to_x, x).item(), rel_tol=1e-6)
     assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(to_prime, x_prime).item(), rel_tol=1e-6)
+
+
+def test_padding_mask_marks_what_a_translation_brings_in():
+    from lmbench.warps import similarity_warp
+
+    images = torch.rand(B, 3, S, S)
+    # Content moves right by 0.25 normalised units = 2 pixels at S = 16: columns 0-1 are padding.
+    warp = similarity_warp(torch.zeros(B), torch.ones(B), torch.tensor([[0.25, 0.0]] * B))
+    mask = build(Cycle, mask_padding=True).padding_mask(warp, images)
+    assert mask.shape == (B, 1, S, S)
+    assert (mask[..., :2] == 0).all() and (mask[..., 2:] == 1).all()
+    assert build(Cycle, mask_padding=False).padding_mask(warp, images) is None
+
+
+def test_outside_mask_as_target_takes_no_loss_and_no_gradient_from_the_padding():
+    output, target = torch.rand(B, 3, S, S, requires_grad=True), torch.rand(B, 3, S, S)
+    mask = torch.ones(B, 1, S, S)
+    mask[..., :5] = 0
+    composite = InterIntra.outside_mask_as_target(output, target, mask)
+    assert torch.equal(composite[..., :5], target[..., :5]) and torch.equal(composite[..., 5:], output[..., 5:])
+    F.mse_loss(composite, target).backward()
+    assert (output.grad[..., :5] == 0).all() and (output.grad[..., 5:] != 0).all()
+    assert InterIntra.outside_mask_as_target(output, target, None) is output
+    half = InterIntra.outside_mask_as_target(output.detach().bfloat16(), target, mask)  # CUDA autocast's output
+    assert half.dtype == torch.bfloat16 and torch.equal(half[..., :5], target[..., :5].bfloat16())
+
+
+@pytest.mark.parametrize("cls", [InterSubject, Cycle, InterIntra])
+def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls):
+    """Outputs compared with x' count only where x' shows image content; those compared
+    with the unwarped x are unchanged."""
+    plain, masked = build(cls, mask_padding=False), build(cls, mask_padding=True)
+    terms, x, x_prime, *_ = run_losses(plain)
+    masked_terms, *_ = run_losses(masked)
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    _, _, warp = masked.make_pair(images, torch.Generator().manual_seed(3))
+    mask = masked.padding_mask(warp, images)
+    assert (mask < 1).any() and (mask == 1).any()  # this draw has padding and content
+    to_prime = masked.generator.calls[-1]["output"].chunk(1 if cls is InterSubject else 2)[0 if cls is not Cycle else 1]
+    key = "pixel" if cls is InterSubject else "pixel_xp"
+    expected = F.mse_loss(x_prime + mask * (to_prime - x_prime), x_prime)
+    assert math.isclose(masked_terms[key].item(), expected.item(), rel_tol=1e-5)
+    assert masked_terms[key].item() < terms[key].item()
+    if "pixel_x" in terms:
+        assert math.isclose(masked_terms["pixel_x"].item(), terms["pixel_x"].item(), rel_tol=1e-6)
+
+
+def test_baseline_is_unaffected_by_mask_padding():
+    from lmbench.methods.baseline import Baseline
+
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    terms = [build(Baseline, mask_padding=flag).losses(images, torch.Generator().manual_seed(3)) for flag in (False, True)]
+    assert terms[0]["pixel"].item() == terms[1]["pixel"].item()
 
 
 def nonzero_rows(grad):

@@ -111,3 +111,13 @@ def test_configs_saved_before_the_generator_input_norm_keep_their_generator():
     del saved["generator"]["input_norm"]
     assert RunConfig.from_dict(saved).generator.input_norm is False  # their checkpoints have no such layer
     assert RunConfig().generator.input_norm is True  # new runs get the originals' normalisation
+
+
+def test_configs_saved_before_the_padding_mask_keep_their_loss():
+    saved = json.loads(json.dumps(RunConfig().to_dict()))
+    del saved["warp"]["mask_padding"]
+    assert RunConfig.from_dict(saved).warp.mask_padding is False  # their loss counted x''s padding
+    very_old = json.loads(json.dumps(saved))
+    del very_old["warp"]["tps_sigma"]  # predates both: both filled in
+    assert upgrade_saved_config(very_old)["warp"] == {**saved["warp"], "tps_sigma": 0.0, "mask_padding": False}
+    assert RunConfig().warp.mask_padding is True
