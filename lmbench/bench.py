@@ -39,8 +39,10 @@ def bench_config(
     threads: int = 0,
     perceptual: str | None = None,
     perceptual_weights: str | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> RunConfig:
-    """The RunConfig that ``lmbench bench`` builds the method from."""
+    """The RunConfig that ``lmbench bench`` builds the method from (``overrides``: ``--set``
+    assignments, applied last)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     config = RunConfig(method=method, K=K, image_size=image_size, batch_size=batch_size, device=device, threads=threads)
@@ -60,6 +62,8 @@ def bench_config(
         config.perceptual.backbone, config.perceptual.layers = perceptual, None
     if perceptual_weights:
         config.perceptual.weights = str(perceptual_weights)
+    for assignment in overrides:
+        apply_override(config, assignment)
     return config
 
 
@@ -151,15 +155,28 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
               help="Override the preset's perceptual backbone.")
 @click.option("--perceptual-weights", type=click.Path(exists=True),
               help="Backbone weights: a .pth file or a directory with the standard files.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config setting after the preset, as for `lmbench run` "
+                   "(e.g. method_options.routing=separate). Repeatable.")
 def bench_command(method, preset, image_size, batch_size, steps, warmup, K, device, threads, perceptual,
-                  perceptual_weights) -> None:
+                  perceptual_weights, overrides) -> None:
     """Time training steps of a method and print one JSON line (images/s, s/step, peak memory)."""
     from lmbench.cli import method_name
 
     name = method_name(click.get_current_context(), None, method)
-    config = bench_config(name, preset=preset, image_size=image_size, batch_size=batch_size, K=K, device=device,
-                          threads=threads, perceptual=perceptual, perceptual_weights=perceptual_weights)
-    click.echo(json.dumps(run_bench(config, steps=steps, warmup=warmup, preset=preset)))
+    try:
+        config = bench_config(name, preset=preset, image_size=image_size, batch_size=batch_size, K=K,
+                              device=device, threads=threads, perceptual=perceptual,
+                              perceptual_weights=perceptual_weights, overrides=overrides)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    try:
+        result = run_bench(config, steps=steps, warmup=warmup, preset=preset)
+    except ValueError as error:  # e.g. a method option the builder rejects; the message names it
+        raise click.ClickException(str(error)) from None
+    if overrides:
+        result["overrides"] = list(overrides)
+    click.echo(json.dumps(result))
 
 
 @hookimpl

@@ -142,6 +142,10 @@ class RunConfig:
         return _from_dict(cls, upgrade_saved_config(data))
 
 
+#: Methods with ``method_options.routing`` (lmbench.methods.inter_intra), for old saved configs.
+ROUTED_METHODS = ("inter_subject", "cycle", "inter_intra")
+
+
 def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the settings it predates filled in as the run actually used them."""
     warp = data.get("warp")
@@ -156,6 +160,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(generator, dict) and "input_norm" not in generator:
         # Saved before the generator normalised its concatenated input: those runs had no such layer.
         data = {**data, "generator": {**generator, "input_norm": False}}
+    options = data.get("method_options")
+    if data.get("method") in ROUTED_METHODS and isinstance(options, dict) and "routing" not in options:
+        # Saved before Li et al.'s variants could run their passes separately: they were batched.
+        data = {**data, "method_options": {**options, "routing": "batched"}}
     return data
 
 

@@ -41,6 +41,9 @@ H(x)[perm]`` equals the paper's separate pass ``H(x[perm])`` only up to those ba
 statistics (a permuted batch has the same statistics, but the joint ``[x; x']`` batch
 does not equal the batch ``x`` alone). Convolutions, the bottleneck, VGG (no BN) and the
 losses are per-sample and therefore unchanged. In eval mode (``detect``) nothing differs.
+``method_options.routing = "separate"`` runs every pass on its own batch instead (H(x),
+H(x'), H(x[perm]); one generator call per G; the perceptual features of each term's output
+and target apart): the paper's function exactly, BatchNorm included, at the original's cost.
 """
 
 from __future__ import annotations
@@ -52,7 +55,13 @@ from lmbench.hookspecs import hookimpl
 from lmbench.methods.supervised import resolve_options
 from lmbench.registry import MethodSpec
 
-INTER_SUBJECT_OPTIONS = {"direct_path": False}
+#: ``method_options.routing``: "batched" (lmbench's, see the module docstring) or "separate",
+#: the original's passes one image batch at a time (3 detector and 4 generator passes per step for
+#: ``inter_intra``): BatchNorm then sees each pass's own batch, as in the paper, and
+#: ``lmbench bench`` can time what the batching saves.
+ROUTINGS = ("batched", "separate")
+PAIRED_OPTIONS = {"routing": "batched"}
+INTER_SUBJECT_OPTIONS = {"direct_path": False, **PAIRED_OPTIONS}
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -76,68 +85,103 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class _PairedMethod(GenerativeMethod):
-    """Shared routing: one detector call on [x; x'], the auxiliary pairing, batched G.
+    """Shared routing: one detector call on [x; x'], the auxiliary pairing, batched G
+    (or, with ``method_options.routing = "separate"``, every pass on its own batch).
 
     Networks and activations are kept channels-last (NHWC): the same numbers, but
     oneDNN's convolutions on CPU run ~10-15 % faster on that layout (and cuDNN prefers it).
     """
 
+    name = ""  # the registered name, for error messages
+    option_defaults = PAIRED_OPTIONS
+
     def __init__(self, config, **networks):
         super().__init__(config, **networks)
         self.to(memory_format=torch.channels_last)
+        self.options = resolve_options(config, self.option_defaults, self.name)
+        if self.options["routing"] not in ROUTINGS:
+            raise ValueError(
+                f"method {self.name!r}: method_options.routing must be one of {', '.join(ROUTINGS)}, "
+                f"got {self.options['routing']!r}"
+            )
+        self.batched = self.options["routing"] == "batched"
 
     def make_pair(self, images, generator):
         x, x_prime, warp = super().make_pair(images, generator)
         return _nhwc(x), _nhwc(x_prime), warp
 
     def encode_pair(self, x: torch.Tensor, x_prime: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heatmaps (H(x), H(x')) from ONE detector call on the concatenated batch."""
+        """Heatmaps (H(x), H(x')) from ONE detector call on the concatenated batch (separate: two)."""
+        if not self.batched:
+            return self.encode(x)[1], self.encode(x_prime)[1]
         _, heatmaps = self.encode(torch.cat([x, x_prime]))
         return heatmaps.chunk(2)
+
+    def auxiliary_heatmaps(self, x: torch.Tensor, h_x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """H(x^a): ``H(x)[perm]``, or (separate routing) the original's third pass H(x[perm])."""
+        return h_x[perm] if self.batched else self.encode(_nhwc(x[perm]))[1]
 
     def auxiliary(self, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
         """Indices ``perm`` with x^a = x[perm] (see :func:`derangement`)."""
         return derangement(batch_size, generator).to(device)
 
     def generate(self, appearance: list[torch.Tensor], heatmaps: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """``G(appearance[i], heatmaps[i])`` for every i, in one generator call."""
+        """``G(appearance[i], heatmaps[i])`` for every i, in one generator call (separate: one each)."""
+        if not self.batched:
+            return tuple(self.generator(_nhwc(a), _nhwc(h)) for a, h in zip(appearance, heatmaps))
         out = self.generator(_nhwc(torch.cat(appearance)), _nhwc(torch.cat(heatmaps)))
         return out.chunk(len(appearance))
+
+    def split_terms(self, outputs: list[torch.Tensor], targets: list[torch.Tensor], tags: tuple[str, ...]):
+        """Reconstruction terms of each (output, target) pair, one set of terms per tag.
+
+        Batched: the targets' features in ONE perceptual call and the outputs' in another; each
+        pair's terms equal ``reconstruction_terms`` on that pair alone (the trunk has no batch
+        statistics). Separate: that, pair by pair.
+        """
+        if not self.batched:
+            terms = {}
+            for out, tgt, tag in zip(outputs, targets, tags):
+                terms.update(self.reconstruction_terms(out, tgt, self.target_features(tgt), tag))
+            return terms
+        stacked = torch.cat(targets)
+        return self.reconstruction_terms_split(torch.cat(outputs), stacked, self.target_features(stacked), tags)
 
 
 class InterSubject(_PairedMethod):
     """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x') (+ the baseline's path)."""
 
-    def __init__(self, config, **networks):
-        super().__init__(config, **networks)
-        self.options = resolve_options(config, INTER_SUBJECT_OPTIONS, "inter_subject")
+    name = "inter_subject"
+    option_defaults = INTER_SUBJECT_OPTIONS
 
     def losses(self, images, generator, points=None):
         x, x_prime, warp = self.make_pair(images, generator)
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
+        h_aux = self.auxiliary_heatmaps(x, h_x, perm)
         valid = self.padding_mask(warp, x)
         if not self.options["direct_path"]:
-            (i_a,) = self.generate([x], [h_x[perm]])  # x in the structure of x^a
+            (i_a,) = self.generate([x], [h_aux])  # x in the structure of x^a
             (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
             out = self.outside_mask_as_target(out, x_prime, valid)
             return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
-        i_a, direct = self.generate([x, x_prime], [h_x[perm], h_x])  # I_a, and the baseline's G(x', H(x))
+        i_a, direct = self.generate([x, x_prime], [h_aux, h_x])  # I_a, and the baseline's G(x', H(x))
         (out,) = self.generate([i_a], [h_prime])
         out = self.outside_mask_as_target(out, x_prime, valid)
-        return _split_terms(self, torch.cat([direct, out]), torch.cat([x, x_prime]), ("_x", "_xp"))
+        return self.split_terms([direct, out], [x, x_prime], ("_x", "_xp"))
 
 
 class Cycle(_PairedMethod):
     """Both directions of the baseline: G(x', H(x)) vs x, and G(x, H(x')) vs x'."""
+
+    name = "cycle"
 
     def losses(self, images, generator, points=None):
         x, x_prime, warp = self.make_pair(images, generator)
         h_x, h_prime = self.encode_pair(x, x_prime)
         to_x, to_prime = self.generate([x_prime, x], [h_x, h_prime])
         to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
-        targets = torch.cat([x, x_prime])
-        return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
+        return self.split_terms([to_x, to_prime], [x, x_prime], ("_x", "_xp"))
 
 
 class InterIntra(_PairedMethod):
@@ -146,25 +190,17 @@ class InterIntra(_PairedMethod):
     I_x' = G(G(x, H(x^a)), H(x')) vs x';  I_x = G(G(x', H(x^a)), H(x)) vs x.
     """
 
+    name = "inter_intra"
+
     def losses(self, images, generator, points=None):
         x, x_prime, warp = self.make_pair(images, generator)
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
-        h_aux = h_x[perm]
+        h_aux = self.auxiliary_heatmaps(x, h_x, perm)
         i_a, i_a_prime = self.generate([x, x_prime], [h_aux, h_aux])  # first stage: structure of x^a
         to_prime, to_x = self.generate([i_a, i_a_prime], [h_prime, h_x])  # second stage
         to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
-        targets = torch.cat([x, x_prime])
-        return _split_terms(self, torch.cat([to_x, to_prime]), targets, ("_x", "_xp"))
-
-
-def _split_terms(method: GenerativeMethod, outputs, targets, tags) -> dict[str, torch.Tensor]:
-    """Reconstruction terms of stacked (output, target) chunks, one set of terms per tag.
-
-    Target features and output features are each computed in ONE perceptual call over the
-    stacked batch; each chunk's terms equal ``reconstruction_terms`` on that chunk alone.
-    """
-    return method.reconstruction_terms_split(outputs, targets, method.target_features(targets), tags)
+        return self.split_terms([to_x, to_prime], [x, x_prime], ("_x", "_xp"))
 
 
 @hookimpl

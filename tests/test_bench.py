@@ -69,3 +69,22 @@ def test_bench_applies_the_methods_own_defaults():
     assert config.perceptual.backbone == "none" and tuple(config.optim.betas) == (0.9, 0.999)
     assert config.detector.channels == 256
     assert bench_config("zhang", preset="paper", perceptual="alexnet").perceptual.backbone == "alexnet"
+
+
+def test_bench_set_overrides_the_preset(fresh_plugins):
+    config = bench_config("inter_intra", preset="paper", overrides=("method_options.routing=separate", "K=4"))
+    assert config.method_options == {"routing": "separate"} and config.K == 4
+    assert config.detector.channels == 256  # the rest of the preset stays
+
+
+def test_bench_names_a_bad_set_and_exits_non_zero(fresh_plugins):
+    result = CliRunner().invoke(bench_command, ["--method", "cycle", *TINY, "--set", "nosuch.key=1"])
+    assert result.exit_code == 2 and "unknown setting 'nosuch'" in result.output
+    result = CliRunner().invoke(bench_command, ["--method", "cycle", *TINY, "--set", "method_options.routing=split"])
+    assert result.exit_code == 1 and "method_options.routing must be one of batched, separate" in result.output
+
+
+def test_bench_records_its_overrides(fresh_plugins):
+    result = CliRunner().invoke(bench_command, ["--method", "cycle", *TINY, "--set", "method_options.routing=separate"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["overrides"] == ["method_options.routing=separate"]

@@ -95,7 +95,7 @@ def test_inter_subject_direct_path_adds_the_baseline_term():
     assert close(second["appearance"], i_a) and close(second["heatmaps"], h_prime)
     assert math.isclose(terms["pixel_x"].item(), F.mse_loss(direct, x).item(), rel_tol=1e-6)
     assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(second["output"], x_prime).item(), rel_tol=1e-6)
-    assert method.config.method_options == {"direct_path": True}
+    assert method.config.method_options == {"direct_path": True, "routing": "batched"}
 
 
 def test_inter_subject_rejects_unknown_options():
@@ -130,6 +130,64 @@ def test_inter_intra_runs_both_paths_in_two_generator_calls():
     assert set(terms) == {"pixel_x", "pixel_xp"}
     assert math.isclose(terms["pixel_x"].item(), F.mse_loss(to_x, x).item(), rel_tol=1e-6)
     assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(to_prime, x_prime).item(), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+@pytest.mark.parametrize(
+    "cls,options,generator_batches",
+    [
+        (InterSubject, {}, [B, B]),
+        (InterSubject, {"direct_path": True}, [B, B, B]),
+        (Cycle, {}, [B, B]),
+        (InterIntra, {}, [B, B, B, B]),
+    ],
+)
+def test_separate_routing_is_the_same_function_one_batch_per_pass(cls, options, generator_batches, mask_padding):
+    """The original's passes (H(x), H(x'), H(x[perm]); one G call each) give the batched
+    routing's terms and gradients when the networks have no batch statistics."""
+    batched = build(cls, options, mask_padding=mask_padding)
+    separate = build(cls, {**options, "routing": "separate"}, mask_padding=mask_padding)
+    terms, x, x_prime, perm, *_ = run_losses(batched)
+    separate_terms, *_ = run_losses(separate)
+    assert separate_terms.keys() == terms.keys()
+    for name in terms:
+        assert torch.allclose(separate_terms[name], terms[name], rtol=1e-5, atol=1e-7), name
+    expected_inputs = [x, x_prime] + ([] if perm is None else [x[perm]])
+    assert len(separate.detector.calls) == len(expected_inputs)
+    assert all(close(call, image) for call, image in zip(separate.detector.calls, expected_inputs))
+    assert [call["appearance"].shape[0] for call in separate.generator.calls] == generator_batches
+    sum(terms.values()).backward()
+    sum(separate_terms.values()).backward()
+    for (name, a), b in zip(batched.named_parameters(), separate.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_separate_routing_keeps_each_pass_own_batch_statistics():
+    """With BatchNorm in the detector the two routings differ, as the docstring says:
+    separately, each pass normalises over its own B images."""
+
+    class BatchNormDetector(SpyDetector):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm2d(3)
+
+        def forward(self, images):
+            return super().forward(self.norm(images))
+
+    terms = {}
+    for routing in ("batched", "separate"):
+        config = RunConfig(K=K, image_size=S, batch_size=B, method_options={"routing": routing})
+        config.perceptual.backbone = "none"
+        torch.manual_seed(0)
+        method = InterIntra(config, detector=BatchNormDetector(), generator=SpyGenerator())
+        terms[routing] = run_losses(method)[0]
+        assert [call.shape[0] for call in method.detector.calls] == ([2 * B] if routing == "batched" else [B] * 3)
+    assert not torch.allclose(terms["batched"]["pixel_x"], terms["separate"]["pixel_x"])
+
+
+def test_routing_must_be_batched_or_separate():
+    with pytest.raises(ValueError, match="method_options.routing must be one of batched, separate, got 'split'"):
+        build(Cycle, {"routing": "split"})
 
 
 def test_padding_mask_marks_what_a_translation_brings_in():
@@ -262,6 +320,22 @@ def test_split_terms_equal_per_chunk_terms_with_a_perceptual_trunk():
         single = method.reconstruction_terms(out, tgt, method.target_features(tgt), tag)
         for name, value in single.items():
             assert torch.allclose(split[name], value, rtol=1e-5), name
+
+
+def test_separate_routing_matches_with_a_perceptual_trunk():
+    """Perceptual terms pair by pair (separate) equal those from the stacked calls (batched)."""
+    torch.manual_seed(0)
+    weights = {k: torch.randn(shape) * 0.1 for k, shape in expected_shapes("vgg16").items()}
+    perceptual = PerceptualLoss("vgg16", layers=["relu1_2", "relu2_1"], weights=weights)
+    terms = []
+    for routing in ("batched", "separate"):
+        config = RunConfig(K=K, image_size=S, batch_size=B, method_options={"routing": routing})
+        torch.manual_seed(0)
+        method = InterIntra(config, perceptual=perceptual, detector=SpyDetector(), generator=SpyGenerator())
+        terms.append(run_losses(method)[0])
+    assert set(terms[0]) == {"pixel_x", "pixel_xp", "perceptual_x", "perceptual_xp"}
+    for name, value in terms[0].items():
+        assert torch.allclose(terms[1][name], value, rtol=1e-5), name
 
 
 @pytest.mark.parametrize("name", ["inter_subject", "cycle", "inter_intra"])

@@ -113,6 +113,17 @@ def test_configs_saved_before_the_generator_input_norm_keep_their_generator():
     assert RunConfig().generator.input_norm is True  # new runs get the originals' normalisation
 
 
+def test_configs_saved_before_the_routing_option_were_batched():
+    for method, before in [("cycle", {}), ("inter_intra", {}), ("inter_subject", {"direct_path": False})]:
+        saved = {**RunConfig(method=method).to_dict(), "method_options": before}
+        saved = json.loads(json.dumps(saved))
+        assert upgrade_saved_config(saved)["method_options"] == {**before, "routing": "batched"}, method
+    baseline = json.loads(json.dumps(RunConfig(method="baseline").to_dict()))
+    assert upgrade_saved_config(baseline)["method_options"] == {}
+    separate = {**RunConfig(method="cycle").to_dict(), "method_options": {"routing": "separate"}}
+    assert upgrade_saved_config(separate)["method_options"] == {"routing": "separate"}
+
+
 def test_configs_saved_before_the_padding_mask_keep_their_loss():
     saved = json.loads(json.dumps(RunConfig().to_dict()))
     del saved["warp"]["mask_padding"]
