@@ -43,7 +43,7 @@ does not equal the batch ``x`` alone). Convolutions, the bottleneck, VGG (no BN)
 losses are per-sample and therefore unchanged. In eval mode (``detect``) nothing differs.
 ``method_options.routing = "separate"`` runs every pass on its own batch instead (H(x),
 H(x'), H(x[perm]); one generator call per G; the perceptual features of each term's output
-and target apart): the paper's function exactly, BatchNorm included, at the original's cost.
+and target apart): the original's passes, BatchNorm statistics included, at the original's cost.
 """
 
 from __future__ import annotations
