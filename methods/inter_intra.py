@@ -207,21 +207,21 @@ class InterIntra(_PairedMethod):
 def register_methods():
     return [
         MethodSpec(
-            name="inter_subject",
+            name=InterSubject.name,
             description="Li et al. 2020 inter-subject path: G(G(x, H(x^a)), H(x')) vs x'",
             builder=InterSubject,
-            config_defaults=generative_defaults("inter_subject"),
+            config_defaults=generative_defaults(InterSubject.name),
         ),
         MethodSpec(
-            name="cycle",
+            name=Cycle.name,
             description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus swapped G(x, H(x')) vs x'",
             builder=Cycle,
-            config_defaults=generative_defaults("cycle"),
+            config_defaults=generative_defaults(Cycle.name),
         ),
         MethodSpec(
-            name="inter_intra",
+            name=InterIntra.name,
             description="Li et al. 2020 full model: x -> x^a -> x' and x' -> x^a -> x (both consistency paths)",
             builder=InterIntra,
-            config_defaults=generative_defaults("inter_intra"),
+            config_defaults=generative_defaults(InterIntra.name),
         ),
     ]

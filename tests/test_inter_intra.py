@@ -44,12 +44,14 @@ class SpyGenerator(nn.Module):
         return out
 
 
-def build(cls, method_options=None, mask_padding=False):
+def build(cls, method_options=None, mask_padding=False, detector=SpyDetector, perceptual=None):
+    """``cls`` with spy networks (``detector``: the detector's class), seeded; no perceptual
+    loss unless a trunk is given."""
     config = RunConfig(K=K, image_size=S, batch_size=B, method_options=dict(method_options or {}))
     config.perceptual.backbone = "none"
     config.warp.mask_padding = mask_padding
     torch.manual_seed(0)
-    return cls(config, detector=SpyDetector(), generator=SpyGenerator())
+    return cls(config, perceptual=perceptual, detector=detector(), generator=SpyGenerator())
 
 
 def run_losses(method, seed=3):
@@ -176,10 +178,7 @@ def test_separate_routing_keeps_each_pass_own_batch_statistics():
 
     terms = {}
     for routing in ("batched", "separate"):
-        config = RunConfig(K=K, image_size=S, batch_size=B, method_options={"routing": routing})
-        config.perceptual.backbone = "none"
-        torch.manual_seed(0)
-        method = InterIntra(config, detector=BatchNormDetector(), generator=SpyGenerator())
+        method = build(InterIntra, {"routing": routing}, detector=BatchNormDetector)
         terms[routing] = run_losses(method)[0]
         assert [call.shape[0] for call in method.detector.calls] == ([2 * B] if routing == "batched" else [B] * 3)
     assert not torch.allclose(terms["batched"]["pixel_x"], terms["separate"]["pixel_x"])
@@ -327,12 +326,7 @@ def test_separate_routing_matches_with_a_perceptual_trunk():
     torch.manual_seed(0)
     weights = {k: torch.randn(shape) * 0.1 for k, shape in expected_shapes("vgg16").items()}
     perceptual = PerceptualLoss("vgg16", layers=["relu1_2", "relu2_1"], weights=weights)
-    terms = []
-    for routing in ("batched", "separate"):
-        config = RunConfig(K=K, image_size=S, batch_size=B, method_options={"routing": routing})
-        torch.manual_seed(0)
-        method = InterIntra(config, perceptual=perceptual, detector=SpyDetector(), generator=SpyGenerator())
-        terms.append(run_losses(method)[0])
+    terms = [run_losses(build(InterIntra, {"routing": r}, perceptual=perceptual))[0] for r in ("batched", "separate")]
     assert set(terms[0]) == {"pixel_x", "pixel_xp", "perceptual_x", "perceptual_xp"}
     for name, value in terms[0].items():
         assert torch.allclose(terms[1][name], value, rtol=1e-5), name
