@@ -87,6 +87,9 @@ class OptimConfig:
     lr_decay_every: int = 0  # steps; 0 = no decay
     lr_decay_factor: float = 0.1
     grad_clip: float = 1.0  # L2 norm per network; 0 = off
+    # Per-network multipliers of the learning rate, e.g. {"detector": 3.0} (the original Li et al.
+    # code's separate --lr_fan / --lr_gan); a network not named keeps lr. Empty: one group.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from lmbench.data import DatasetSplits
 from lmbench.evaluate import direct_extras, evaluate_protocols, metrics_record, write_evaluation
 from lmbench.evaluate_direct import evaluate_direct
 from lmbench.method import LandmarkMethod
-from lmbench.train import CHECKPOINT, TrainOptions, load_checkpoint, resolve_device, train
+from lmbench.train import CHECKPOINT, TrainOptions, check_lr_scale, load_checkpoint, resolve_device, train
 from lmbench.viz import landmark_figure
 
 CONFIG = "config.json"
@@ -176,6 +176,7 @@ def run(
         check_protocol_fits(config, data)  # before training, not after it
         method = build_method(config)
         check_image_size(config, method)
+        check_lr_scale(method, config.optim.lr_scale)  # before the run directory is written
         train_split = data.split(method.train_split)
         if method.uses_labels and train_split.points is None:
             raise RunError(f"method {config.method!r} needs annotated training images; dataset "

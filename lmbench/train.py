@@ -71,7 +71,37 @@ def learning_rate(config: RunConfig, step: int) -> float:
 
 def build_optimizer(method: LandmarkMethod, config: RunConfig) -> torch.optim.Optimizer:
     o = config.optim
-    return torch.optim.Adam(method.parameter_groups(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    groups = method.parameter_groups() if not o.lr_scale else _scaled_groups(method, o.lr_scale)
+    return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def check_lr_scale(method: LandmarkMethod, lr_scale: dict[str, float]) -> None:
+    """``optim.lr_scale`` names only the method's networks, each with a positive multiplier."""
+    networks = method.networks()
+    unknown = sorted(set(lr_scale) - set(networks))
+    if unknown:
+        raise ValueError(f"optim.lr_scale: {', '.join(map(repr, unknown))} is not a network of method "
+                         f"{method.config.method!r} (its networks: {', '.join(networks)})")
+    bad = {name: s for name, s in lr_scale.items() if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0}
+    if bad:
+        raise ValueError(f"optim.lr_scale: multipliers must be positive numbers, got {bad}")
+
+
+def _scaled_groups(method: LandmarkMethod, lr_scale: dict[str, float]) -> list[dict]:
+    """One parameter group per network, each carrying its ``lr_scale`` (``optim.lr_scale``);
+    trainable parameters outside the networks form a last group at scale 1."""
+    check_lr_scale(method, lr_scale)
+    networks = method.networks()
+    trainable = [p for group in method.parameter_groups() for p in group["params"]]
+    wanted, groups, seen = {id(p) for p in trainable}, [], set()
+    for name, net in networks.items():
+        params = [p for p in net.parameters() if id(p) in wanted and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        groups.append({"params": params, "lr_scale": float(lr_scale.get(name, 1.0))})
+    rest = [p for p in trainable if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr_scale": 1.0})
+    return [g for g in groups if g["params"]]
 
 
 @dataclass
@@ -262,7 +292,7 @@ def train_step(
     that is not finite, before the optimizer touches the weights.
     """
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(config, step)
+        group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)
     labels = {} if points is None else {"points": points}
     if extra_images is not None:
         labels["extra_images"] = extra_images

@@ -172,3 +172,13 @@ def test_a_non_positive_head_init_gain_fails_naming_the_option(runner, test_plug
                                  "--set", "detector.head_init_gain=0", "--out", str(out)])
     assert result.exit_code == 1 and "detector.head_init_gain" in result.output
     assert not out.exists()
+
+
+def test_an_unknown_network_in_lr_scale_fails_before_training(runner, test_plugin, tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(cli, ["run", "--method", "baseline", "--dataset", "blobs", "--K", "3", "--steps", "2",
+                                 "--batch-size", "4", "--image-size", "32", "--perceptual", "none",
+                                 "--set", "optim.lr_scale.detectr=2", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "optim.lr_scale" in result.output and "'detectr'" in result.output and "detector, generator" in result.output
+    assert not out.exists()  # nothing half-written

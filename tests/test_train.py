@@ -132,3 +132,48 @@ def test_configs_saved_before_the_padding_mask_keep_their_loss():
     del very_old["warp"]["tps_sigma"]  # predates both: both filled in
     assert upgrade_saved_config(very_old)["warp"] == {**saved["warp"], "tps_sigma": 0.0, "mask_padding": False}
     assert RunConfig().warp.mask_padding is True
+
+
+def _baseline_with_small_networks(lr_scale):
+    from lmbench.registry import get_method
+
+    config = RunConfig(method="baseline", K=3, image_size=32, batch_size=4, seed=1)
+    config.perceptual.backbone = "none"
+    config.detector.channels, config.detector.stem_channels, config.detector.depth = 8, 8, 1
+    config.generator.conv_dim, config.generator.res_blocks = 4, 1
+    config.optim.lr_scale = dict(lr_scale)
+    torch.manual_seed(0)
+    return get_method("baseline").builder(config).double(), config  # float64: exact step ratios
+
+
+def test_lr_scale_multiplies_each_networks_learning_rate():
+    from lmbench.train import build_optimizer, train_step
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    deltas = {}
+    for scale in ({}, {"detector": 3.0}):
+        method, config = _baseline_with_small_networks(scale)
+        before = {k: v.clone() for k, v in method.state_dict().items()}
+        optimizer = build_optimizer(method, config)
+        train_step(method, optimizer, images, config, step=0)
+        after = method.state_dict()
+        deltas[len(scale)] = {k: after[k] - before[k] for k in before if after[k].is_floating_point()}
+        lrs = sorted(g["lr"] for g in optimizer.param_groups)
+        assert lrs == ([1e-3] if not scale else [1e-3, 3e-3])  # no scale: the one group of before
+    plain, scaled = deltas[0], deltas[1]
+    moved = [k for k in plain if k.startswith("detector.") and "running" not in k and plain[k].abs().max() > 0]
+    assert moved  # the same gradients, so the detector's Adam step is exactly 3x as long
+    for k in moved:
+        assert torch.allclose(scaled[k], 3 * plain[k], rtol=1e-9, atol=1e-15), k
+    for k in plain:
+        if k.startswith("generator.") and "running" not in k:
+            assert torch.allclose(scaled[k], plain[k], rtol=1e-9, atol=1e-15), k
+
+
+def test_lr_scale_names_only_the_methods_networks_with_positive_multipliers():
+    from lmbench.train import build_optimizer
+
+    for scale, message in (({"detectr": 2.0}, "'detectr' is not a network"), ({"generator": 0}, "positive")):
+        method, config = _baseline_with_small_networks(scale)
+        with pytest.raises(ValueError, match=message):
+            build_optimizer(method, config)
