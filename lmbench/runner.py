@@ -163,6 +163,10 @@ def run(
                       if saved.get(k) != getattr(config, k)]
         if mismatched:
             raise RunError(f"{run_dir}: cannot resume with different {', '.join(mismatched)} than the saved config.json")
+        saved_scale = (saved.get("optim") or {}).get("lr_scale") or {}
+        if bool(saved_scale) != bool(config.optim.lr_scale):  # one optimizer group against one per network
+            raise RunError(f"{run_dir}: --resume can change optim.lr_scale's multipliers but not switch it on or off "
+                           f"(saved {saved_scale}, now {config.optim.lr_scale})")
     options = options or TrainOptions()
     world, device = distributed.start(resolve_device(config.device))
     try:

@@ -356,7 +356,16 @@ def train(
     losses = wrap(method, world, device)
     optimizer = build_optimizer(method, config)
     if state is not None:
+        scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(scales):
+            raise ValueError(
+                f"{run_dir}: the checkpoint's optimizer has {saved_groups} parameter group(s), this config "
+                f"{len(scales)}: --resume can change optim.lr_scale's multipliers but not switch it on or off; "
+                "resume with the run's optim.lr_scale or start a new run")
         optimizer.load_state_dict(state["optimizer"])
+        for group, scale in zip(optimizer.param_groups, scales):  # this config's multipliers, not the saved ones
+            group["lr_scale"] = scale
     loader = BatchLoader(method, data, config, device, rows=rows, extra=extra, options=options)
     autocast = autocast_for(device, options.amp)
     log_path = run_dir / TRAIN_LOG

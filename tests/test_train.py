@@ -177,3 +177,24 @@ def test_lr_scale_names_only_the_methods_networks_with_positive_multipliers():
         method, config = _baseline_with_small_networks(scale)
         with pytest.raises(ValueError, match=message):
             build_optimizer(method, config)
+
+
+def test_resume_takes_the_new_lr_scale_multipliers(test_plugin, tmp_path):
+    config = tiny_config(steps=3)
+    config.optim.lr_scale = {"detector": 3.0}
+    run(config, tmp_path / "r")
+    config = tiny_config()
+    config.optim.lr_scale = {"detector": 1.5}  # changed on --resume, as a lower optim.lr may be
+    run(config, tmp_path / "r", resume=True)
+    (group,) = load_checkpoint(tmp_path / "r" / CHECKPOINT)["optimizer"]["param_groups"]
+    assert group["lr_scale"] == 1.5 and group["lr"] == pytest.approx(1.5e-3)
+
+
+def test_resume_cannot_switch_lr_scale_on_and_leaves_the_config(test_plugin, tmp_path):
+    run(tiny_config(steps=2), tmp_path / "r")
+    before = (tmp_path / "r" / "config.json").read_text()
+    config = tiny_config(steps=4)
+    config.optim.lr_scale = {"detector": 2.0}
+    with pytest.raises(RunError, match="optim.lr_scale"):
+        run(config, tmp_path / "r", resume=True)
+    assert (tmp_path / "r" / "config.json").read_text() == before
