@@ -165,20 +165,23 @@ def test_an_image_size_the_hourglass_cannot_take_fails_before_training(runner, f
     assert not out.exists()  # nothing half-written
 
 
+def run_small_baseline(runner, out, *settings):
+    """``lmbench run`` of a 2-step baseline on the blobs fixture, with ``--set`` for each setting."""
+    args = ["run", "--method", "baseline", "--dataset", "blobs", "--K", "3", "--steps", "2", "--batch-size", "4",
+            "--image-size", "32", "--perceptual", "none", "--out", str(out)]
+    return runner.invoke(cli, args + [arg for setting in settings for arg in ("--set", setting)])
+
+
 def test_a_non_positive_head_init_gain_fails_naming_the_option(runner, test_plugin, tmp_path):
     out = tmp_path / "g"
-    result = runner.invoke(cli, ["run", "--method", "baseline", "--dataset", "blobs", "--K", "3", "--steps", "2",
-                                 "--batch-size", "4", "--image-size", "32", "--perceptual", "none",
-                                 "--set", "detector.head_init_gain=0", "--out", str(out)])
+    result = run_small_baseline(runner, out, "detector.head_init_gain=0")
     assert result.exit_code == 1 and "detector.head_init_gain" in result.output
     assert not out.exists()
 
 
 def test_an_unknown_network_in_lr_scale_fails_before_training(runner, test_plugin, tmp_path):
     out = tmp_path / "r"
-    result = runner.invoke(cli, ["run", "--method", "baseline", "--dataset", "blobs", "--K", "3", "--steps", "2",
-                                 "--batch-size", "4", "--image-size", "32", "--perceptual", "none",
-                                 "--set", "optim.lr_scale.detectr=2", "--out", str(out)])
+    result = run_small_baseline(runner, out, "optim.lr_scale.detectr=2")
     assert result.exit_code == 1
     assert "optim.lr_scale" in result.output and "'detectr'" in result.output and "detector, generator" in result.output
     assert not out.exists()  # nothing half-written
