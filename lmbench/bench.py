@@ -136,6 +136,7 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
     }
 

@@ -188,11 +188,38 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**kwargs)
 
 
+def cpu_description() -> dict[str, str]:
+    """The CPU a run computed on: its model and the instruction set torch's kernels use.
+
+    Recorded because a run is bit-repeatable only on the same kind of CPU: oneDNN picks
+    other kernels for AVX-512 than for AVX2, their float32 sums round differently, and
+    training amplifies that (README, "Reproducibility").
+    """
+    import torch
+
+    model = platform.processor() or "unknown"
+    seen: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                seen.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in seen:
+        model = seen["model name"]
+        if "cpu family" in seen and "model" in seen:
+            model += f" (family {seen['cpu family']}, model {seen['model']})"
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def environment() -> dict[str, str]:
-    """Package versions and platform, recorded with every run."""
+    """Package versions, platform and CPU, recorded with every run."""
     import importlib.metadata as md
 
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    versions = {"python": platform.python_version(), "platform": platform.platform(), **cpu_description()}
     for package in ("lmbench", "torch", "numpy", "scipy", "pandas", "pluggy", "kornia", "pillow"):
         try:
             versions[package] = md.version(package)

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lmbench.cli import cli
@@ -54,6 +55,9 @@ def test_run_eval_report_end_to_end(runner, test_plugin, tmp_path):
         assert key in metrics
     config = json.loads((out / "config.json").read_text())
     assert config["protocol"]["ridge_lambda"] > 0 and "torch" in config["environment"]
+    # the CPU kind decides bit-repeatability (README, "Reproducibility"), so it is recorded
+    assert config["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert config["environment"]["cpu"]
 
     again = runner.invoke(cli, args)
     assert again.exit_code == 1 and "--resume" in again.output
