@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -54,6 +56,51 @@ class LandmarkMethod(nn.Module):
         super().__init__()
         self.config = config
         self.K = config.K
+        self._shown: list[tuple[str, torch.Tensor]] | None = None  # see :meth:`recording`
+
+    # -- what a person looks at: the images of each pass (reconstructions.png) -----------
+    @property
+    def showing(self) -> bool:
+        """True inside :meth:`recording`: only then do :meth:`show`'s arguments need computing."""
+        return self._shown is not None
+
+    def show(self, *named: tuple[str, torch.Tensor]) -> None:
+        """Name image batches of the routing (inputs, first-stage images, outputs) for the run's
+        reconstructions figure; a no-op except inside :meth:`recording`."""
+        if self._shown is not None:
+            self._shown.extend((label, images.detach().float().clamp(0, 1).cpu()) for label, images in named)
+
+    @contextmanager
+    def recording(self):
+        """Collect what :meth:`show` names during the block: ``with m.recording() as rows: m.losses(...)``."""
+        self._shown = []
+        try:
+            yield self._shown
+        finally:
+            self._shown = None
+
+    @torch.no_grad()
+    def reconstruction_rows(self, images: torch.Tensor, seed: int) -> list[tuple[str, torch.Tensor]]:
+        """One pass of :meth:`losses` over ``images`` (its randomness drawn from ``seed``, as a
+        single process would): the labelled image batches it showed, in routing order. Runs in
+        training mode, so BatchNorm normalises with the batch's statistics as the loss does, and
+        puts every buffer (running statistics, counters) back afterwards. Empty for methods that
+        train on annotations or on a second split."""
+        if self.uses_labels or self.extra_split is not None:
+            return []
+        buffers = {name: buffer.clone() for name, buffer in self.named_buffers()}
+        was_training, sample_slice = self.training, self.sample_slice
+        self.train()
+        self.sample_slice = None
+        try:
+            with self.recording() as rows:
+                self.losses(images, torch.Generator().manual_seed(seed))
+        finally:
+            for name, buffer in self.named_buffers():
+                buffer.copy_(buffers[name])
+            self.train(was_training)
+            self.sample_slice = sample_slice
+        return rows
 
     def networks(self) -> dict[str, nn.Module]:
         return {name: module for name, module in self.named_children() if any(True for _ in module.parameters())}

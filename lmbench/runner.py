@@ -7,6 +7,7 @@ The run directory contract::
     checkpoint.pt   model and optimizer state, step, RNG state (weights_only loadable)
     metrics.jsonl   the training log, one JSON object per logged step
     landmarks.png   test faces with the discovered and the regressed points
+    reconstructions.png  the method's passes on those faces (inputs, intermediate images, outputs)
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from lmbench.evaluate import direct_extras, evaluate_protocols, metrics_record, 
 from lmbench.evaluate_direct import evaluate_direct
 from lmbench.method import LandmarkMethod
 from lmbench.train import CHECKPOINT, TrainOptions, check_lr_scale, load_checkpoint, resolve_device, train
-from lmbench.viz import landmark_figure
+from lmbench.viz import landmark_figure, reconstruction_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
 FIGURE = "landmarks.png"
+RECONSTRUCTIONS = "reconstructions.png"
+#: Test faces in both figures.
+FIGURE_FACES = 8
 
 
 class RunError(RuntimeError):
@@ -137,9 +141,21 @@ def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, 
     write_evaluation(run_dir, results)
     if config.protocol.name in results:
         result, test = results[config.protocol.name], data.split(config.protocol.test_split)
-        landmark_figure(test.images[:8], result["discovered"][:8], result["predictions"][:8], test.points[:8],
-                        run_dir / FIGURE)
+        landmark_figure(test.images[:FIGURE_FACES], result["discovered"][:FIGURE_FACES],
+                        result["predictions"][:FIGURE_FACES], test.points[:FIGURE_FACES], run_dir / FIGURE)
+    save_reconstructions(method, data.split(config.protocol.test_split), config, run_dir, device)
     return metrics_record(results, config.protocol.name)
+
+
+def save_reconstructions(method, split, config: RunConfig, run_dir: Path, device) -> None:
+    """reconstructions.png: the images of each pass of the method's loss (``LandmarkMethod.show``)
+    on the first test faces, its warp and pairing drawn from the run's seed. Nothing for
+    methods that show none."""
+    faces = split.batch(np.arange(min(FIGURE_FACES, len(split.images))), device)
+    rows = method.reconstruction_rows(faces, config.seed)
+    if rows:
+        as_uint8 = [(label, images.permute(0, 2, 3, 1).mul(255).round().to(torch.uint8).numpy()) for label, images in rows]
+        reconstruction_figure(as_uint8, run_dir / RECONSTRUCTIONS)
 
 
 def run(

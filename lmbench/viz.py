@@ -1,4 +1,4 @@
-"""Pictures a person would rather look at: landmark overlays and sample grids."""
+"""Pictures a person would rather look at: landmark overlays, a method's passes, sample grids."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import colorsys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from lmbench import atomic
 
@@ -75,3 +75,23 @@ def sample_grid(images: np.ndarray, points: np.ndarray | None, path: str | Path,
             draw_points(panel, points[i], palette(points.shape[1]), scale, radius=2)
         panels.append(panel)
     save_grid(panels, path, columns=min(columns, len(panels)))
+
+
+def reconstruction_figure(rows: list[tuple[str, np.ndarray]], path: str | Path, *, scale: int = 2,
+                          label_width: int = 190, pad: int = 4) -> None:
+    """One labelled row per image batch a method showed (``LandmarkMethod.show``): its inputs,
+    intermediate images and outputs, the same samples in every column. ``rows``: (label,
+    uint8 [N, H, W, 3])."""
+    if not rows:
+        raise ValueError("no image rows to draw")
+    n, h, w = rows[0][1].shape[:3]
+    cell_w, cell_h = w * scale, h * scale
+    canvas = Image.new("RGB", (label_width + n * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), (255, 255, 255))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=15)
+    for r, (label, images) in enumerate(rows):
+        top = pad + r * (cell_h + pad)
+        draw.text((pad, top + cell_h // 2 - 8), label, fill=(0, 0, 0), font=font)
+        for c in range(min(n, len(images))):
+            canvas.paste(_panel(images[c], scale), (label_width + pad + c * (cell_w + pad), top))
+    with atomic.atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")

@@ -20,6 +20,7 @@ class Baseline(GenerativeMethod):
         x, x_prime, _ = self.make_pair(images, generator)
         _, heatmaps = self.encode(x)
         output = self.generator(x_prime, heatmaps)
+        self.show(("x", x), ("x'", x_prime), ("G(x', H(x)) vs x", output))
         return self.reconstruction_terms(output, x, self.target_features(x))
 
 

@@ -160,13 +160,17 @@ class InterSubject(_PairedMethod):
         h_x, h_prime = self.encode_pair(x, x_prime)
         h_aux = self.auxiliary_heatmaps(x, h_x, perm)
         valid = self.padding_mask(warp, x)
+        if self.showing:
+            self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime))
         if not self.options["direct_path"]:
             (i_a,) = self.generate([x], [h_aux])  # x in the structure of x^a
             (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
+            self.show(("I_a = G(x, H(x^a))", i_a), ("G(I_a, H(x')) vs x'", out))
             out = self.outside_mask_as_target(out, x_prime, valid)
             return self.reconstruction_terms(out, x_prime, self.target_features(x_prime))
         i_a, direct = self.generate([x, x_prime], [h_aux, h_x])  # I_a, and the baseline's G(x', H(x))
         (out,) = self.generate([i_a], [h_prime])
+        self.show(("G(x', H(x)) vs x", direct), ("I_a = G(x, H(x^a))", i_a), ("G(I_a, H(x')) vs x'", out))
         out = self.outside_mask_as_target(out, x_prime, valid)
         return self.split_terms([direct, out], [x, x_prime], ("_x", "_xp"))
 
@@ -180,6 +184,7 @@ class Cycle(_PairedMethod):
         x, x_prime, warp = self.make_pair(images, generator)
         h_x, h_prime = self.encode_pair(x, x_prime)
         to_x, to_prime = self.generate([x_prime, x], [h_x, h_prime])
+        self.show(("x", x), ("x'", x_prime), ("G(x', H(x)) vs x", to_x), ("G(x, H(x')) vs x'", to_prime))
         to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
         return self.split_terms([to_x, to_prime], [x, x_prime], ("_x", "_xp"))
 
@@ -199,6 +204,9 @@ class InterIntra(_PairedMethod):
         h_aux = self.auxiliary_heatmaps(x, h_x, perm)
         i_a, i_a_prime = self.generate([x, x_prime], [h_aux, h_aux])  # first stage: structure of x^a
         to_prime, to_x = self.generate([i_a, i_a_prime], [h_prime, h_x])  # second stage
+        if self.showing:
+            self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime), ("I_a = G(x, H(x^a))", i_a),
+                      ("G(I_a, H(x')) vs x'", to_prime), ("I_a' = G(x', H(x^a))", i_a_prime), ("G(I_a', H(x)) vs x", to_x))
         to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
         return self.split_terms([to_x, to_prime], [x, x_prime], ("_x", "_xp"))
 

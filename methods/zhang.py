@@ -259,6 +259,7 @@ class Zhang(LandmarkMethod):
             self.step_count += 1
         schedule = piecewise_factor(step, o["reconstruction_milestones"], o["reconstruction_factors"])
         output = self.reconstruct(images, u, probs[:batch])
+        self.show(("x", images), ("g(x)", warped), ("reconstruction of x", output))
         terms = {
             "concentration": o["concentration_weight"] * concentration_loss(cov),
             "separation": o["separation_weight"] * separation_loss(both, o["separation_bandwidth"]),

@@ -50,6 +50,7 @@ def test_run_eval_report_end_to_end(runner, test_plugin, tmp_path):
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert RUN_FILES <= {p.name for p in out.iterdir()}
+    assert not (out / "reconstructions.png").exists()  # the test method shows no passes
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed"):
         assert key in metrics

@@ -38,7 +38,8 @@ class SpyGenerator(nn.Module):
         self.calls = []
 
     def forward(self, appearance, heatmaps):
-        heatmaps.retain_grad()
+        if heatmaps.requires_grad:  # not under no_grad (the reconstructions figure)
+            heatmaps.retain_grad()
         out = torch.sigmoid(self.image(appearance) + F.interpolate(self.maps(heatmaps), scale_factor=4))
         self.calls.append({"appearance": appearance, "heatmaps": heatmaps, "output": out})
         return out
@@ -344,6 +345,7 @@ def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
     metrics = run(config, tmp_path / name)
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
     assert (tmp_path / name / "checkpoint.pt").exists()
+    assert (tmp_path / name / "reconstructions.png").exists()
 
 
 def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
@@ -364,3 +366,60 @@ def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
     shown = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
     for name in order:
         assert f"{name}: {GENERATIVE_STEPS[name]}" in shown, name
+
+
+PASSES = {
+    InterSubject: ["x", "x^a", "x'", "I_a = G(x, H(x^a))", "G(I_a, H(x')) vs x'"],
+    Cycle: ["x", "x'", "G(x', H(x)) vs x", "G(x, H(x')) vs x'"],
+    InterIntra: ["x", "x^a", "x'", "I_a = G(x, H(x^a))", "G(I_a, H(x')) vs x'",
+                 "I_a' = G(x', H(x^a))", "G(I_a', H(x)) vs x"],
+}
+
+
+@pytest.mark.parametrize("cls", list(PASSES))
+def test_reconstruction_rows_show_each_pass_of_the_loss(cls):
+    """The figure's rows are the images the loss routes, drawn with the same warp and pairing as a
+    training step from the same generator; nothing is recorded outside the figure's pass."""
+    method = build(cls)
+    method.train()
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    rows = dict(method.reconstruction_rows(images, seed=3))
+    assert list(rows) == PASSES[cls]
+    assert method.training and not method.showing  # the training mode and the recorder are restored
+    _, x, x_prime, perm, _, _ = run_losses(build(cls))
+    assert close(rows["x"], x) and close(rows["x'"], x_prime)
+    if perm is not None:
+        assert close(rows["x^a"], x[perm])
+    outputs = torch.cat([call["output"] for call in method.generator.calls])  # the figure's generator calls
+    for label, batch in rows.items():
+        if label.startswith(("I_a", "G(")):  # every generated row is one of those outputs' chunks
+            assert any(close(batch, chunk) for chunk in outputs.split(B)), label
+
+
+def test_baseline_shows_its_single_pass_and_show_is_a_no_op_outside_recording():
+    from lmbench.methods.baseline import Baseline
+
+    method = build(Baseline)
+    method.show(("x", torch.zeros(1, 3, S, S)))  # not recording: nothing kept
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    rows = method.reconstruction_rows(images, seed=3)
+    assert [label for label, _ in rows] == ["x", "x'", "G(x', H(x)) vs x"]
+    assert all(batch.shape == (B, 3, S, S) and batch.min() >= 0 and batch.max() <= 1 for _, batch in rows)
+
+
+def test_reconstruction_rows_leave_batchnorm_statistics_and_mode_as_they_were():
+    """The figure's pass normalises with batch statistics (training mode), yet the checkpoint's
+    running statistics and the method's mode are what they were before."""
+    from lmbench.methods.baseline import Baseline
+
+    config = RunConfig(K=K, image_size=32, batch_size=B)
+    config.detector.channels, config.detector.depth, config.detector.stem_channels = 8, 1, 8
+    config.generator.conv_dim, config.generator.res_blocks = 4, 1
+    config.perceptual.backbone = "none"
+    torch.manual_seed(0)
+    method = Baseline(config).eval()
+    before = {name: value.clone() for name, value in method.state_dict().items()}
+    assert any("running_mean" in name for name in before)
+    rows = method.reconstruction_rows(torch.rand(B, 3, 32, 32), seed=0)
+    assert len(rows) == 3 and not method.training
+    assert all(torch.equal(value, before[name]) for name, value in method.state_dict().items())

@@ -79,6 +79,19 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_atomic_write_gives_the_mode_of_a_new_file(tmp_path):
+    """Results are for others to read too: the umask decides, not mkstemp's owner-only 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "out.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
+
+
 def test_overrides():
     config = RunConfig()
     apply_override(config, "detector.channels=128")
