@@ -83,8 +83,11 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: str = "") -> dict:
-    """Build ``config.method`` from the registry and time ``steps`` training steps."""
+def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: str = "",
+              keep_freed_memory: bool = True) -> dict:
+    """Build ``config.method`` from the registry and time ``steps`` training steps
+    (``keep_freed_memory``: as the trainer does by default on the CPU, :mod:`lmbench.memory`)."""
+    from lmbench import memory
     from lmbench.runner import check_image_size
     from lmbench.train import autocast_for, batch_indices, build_optimizer, resolve_device, train_step
 
@@ -93,6 +96,7 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
     device = resolve_device(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    mmap_threshold = memory.keep_freed_memory() if keep_freed_memory and device.type == "cpu" else 0
     torch.manual_seed(config.seed)
     method = registry.get_method(config.method).builder(config).to(device).train()
     check_image_size(config, method)
@@ -114,11 +118,12 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, faults_before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for step in range(warmup, warmup + steps):
         t0 = time.perf_counter()
         one_step(step)
         times.append(time.perf_counter() - t0)
+    page_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     seconds_per_step = sum(times) / len(times)
     return {
         "method": config.method,
@@ -137,6 +142,8 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "keep_freed_memory": mmap_threshold > 0,
+        "page_faults_per_step": round(page_faults / steps),  # minor faults of this process (all threads)
         "torch": torch.__version__,
     }
 
@@ -159,8 +166,10 @@ def run_bench(config: RunConfig, *, steps: int = 10, warmup: int = 2, preset: st
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config setting after the preset, as for `lmbench run` "
                    "(e.g. method_options.routing=separate). Repeatable.")
+@click.option("--keep-freed-memory/--no-keep-freed-memory", default=True, show_default=True,
+              help="CPU: keep freed memory for the next step instead of unmapping it, as `lmbench run` does.")
 def bench_command(method, preset, image_size, batch_size, steps, warmup, K, device, threads, perceptual,
-                  perceptual_weights, overrides) -> None:
+                  perceptual_weights, overrides, keep_freed_memory) -> None:
     """Time training steps of a method and print one JSON line (images/s, s/step, peak memory)."""
     from lmbench.cli import method_name
 
@@ -172,7 +181,7 @@ def bench_command(method, preset, image_size, batch_size, steps, warmup, K, devi
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
     try:
-        result = run_bench(config, steps=steps, warmup=warmup, preset=preset)
+        result = run_bench(config, steps=steps, warmup=warmup, preset=preset, keep_freed_memory=keep_freed_memory)
     except ValueError as error:  # e.g. a method option the builder rejects; the message names it
         raise click.ClickException(str(error)) from None
     if overrides:

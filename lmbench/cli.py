@@ -171,9 +171,11 @@ def _progress_callback(total: int, start: int, description: str):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile each network (slow first steps).")
 @click.option("--prefetch/--no-prefetch", default=True, show_default=True,
               help="Load the next batch on a background thread and CUDA stream (CUDA only).")
+@click.option("--keep-freed-memory/--no-keep-freed-memory", default=True, show_default=True,
+              help="CPU: keep freed memory for the next step instead of unmapping it (glibc; same numbers, faster).")
 def run_command(method, K, dataset, data_root, steps, batch_size, image_size, seed, device, perceptual,
                 perceptual_weights, threads, out_dir, resume, detector_init, adapt, overrides,
-                amp, channels_last, compile_, prefetch, protocol_name=None) -> None:
+                amp, channels_last, compile_, prefetch, keep_freed_memory, protocol_name=None) -> None:
     """Train a method, evaluate it, and write a run directory.
 
     Under `torchrun --nproc_per_node=N -m lmbench run ...` the N processes share each
@@ -213,7 +215,8 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     run_dir = Path(out_dir) if out_dir else default_run_dir(config)
     if resume and (run_dir / "config.json").exists():
         config = _resumed_config(run_dir, config, steps, overrides)
-    options = TrainOptions(amp=amp, channels_last=channels_last, compile=compile_, prefetch=prefetch)
+    options = TrainOptions(amp=amp, channels_last=channels_last, compile=compile_, prefetch=prefetch,
+                           keep_freed_memory=keep_freed_memory)
     if environment_rank() != 0:  # another torchrun process: rank 0 reports
         run(config, run_dir, resume=resume, options=options)
         return

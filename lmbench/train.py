@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from lmbench import atomic
+from lmbench import atomic, memory
 from lmbench.config import RunConfig
 from lmbench.data import ImageSplit, to_normalized
 from lmbench.distributed import SINGLE, World, rank_generator, wrap
@@ -178,12 +178,15 @@ class TrainOptions:
     on for CUDA). ``compile``: ``torch.compile`` of each network (state-dict keys unchanged).
     ``prefetch``: gather and copy the next batch on a background thread and a side CUDA
     stream while the current step runs (CUDA only; on the CPU it would compete for cores).
+    ``keep_freed_memory``: on the CPU, keep freed activation memory in the process for the next
+    step instead of unmapping it (glibc; :mod:`lmbench.memory`).
     """
 
     amp: bool = True
     channels_last: bool | None = None
     compile: bool = False
     prefetch: bool = True
+    keep_freed_memory: bool = True
 
     def effective(self, device: torch.device) -> dict:
         """The settings as they apply on ``device`` (what bench and config.json report)."""
@@ -193,6 +196,7 @@ class TrainOptions:
             "channels_last": bool(cuda if self.channels_last is None else self.channels_last),
             "compile": self.compile,
             "prefetch": self.prefetch and cuda,
+            "keep_freed_memory": self.keep_freed_memory and device.type == "cpu" and memory.available(),
         }
 
 
@@ -206,6 +210,8 @@ def autocast_for(device: torch.device, amp: bool = True):
 def prepare_method(method: LandmarkMethod, device: torch.device, options: TrainOptions) -> None:
     """Move ``method`` to ``device`` in training mode, NHWC and compiled as ``options`` say."""
     settings = options.effective(device)
+    if settings["keep_freed_memory"]:
+        memory.keep_freed_memory()
     method.to(device).train()
     if settings["channels_last"]:
         method.to(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@ from lmbench.config import RunConfig
 from lmbench.generative import GENERATIVE_HEAD_INIT_GAIN
 
 KEYS = {"method", "preset", "image_size", "batch_size", "K", "images_per_second", "seconds_per_step",
-        "peak_memory_mb", "device", "threads", "cpu_capability", "torch"}
+        "peak_memory_mb", "device", "threads", "cpu_capability", "keep_freed_memory", "page_faults_per_step", "torch"}
 TINY = ["--preset", "small", "--image-size", "32", "--batch-size", "2", "--K", "3", "--steps", "1", "--warmup", "1",
         "--perceptual", "none", "--device", "cpu"]
 

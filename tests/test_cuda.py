@@ -7,6 +7,7 @@ same options leave the CPU path working and exact.
 import pytest
 import torch
 
+from lmbench import memory
 from lmbench.config import RunConfig
 from lmbench.runner import build_dataset, build_method, run
 from lmbench.train import CHECKPOINT, BatchLoader, TrainOptions, autocast_for, load_checkpoint, prepare_method
@@ -25,9 +26,9 @@ def tiny_config(**overrides) -> RunConfig:
 def test_options_as_they_apply_per_device():
     options = TrainOptions()
     assert options.effective(torch.device("cpu")) == {"amp": "off", "channels_last": False, "compile": False,
-                                                      "prefetch": False}
+                                                      "prefetch": False, "keep_freed_memory": memory.available()}
     assert options.effective(torch.device("cuda")) == {"amp": "bf16", "channels_last": True, "compile": False,
-                                                       "prefetch": True}
+                                                       "prefetch": True, "keep_freed_memory": False}
     assert TrainOptions(amp=False, channels_last=False).effective(torch.device("cuda"))["amp"] == "off"
     with autocast_for(torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")  # bf16 on the CPU would be slower, and inexact

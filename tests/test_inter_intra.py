@@ -346,6 +346,17 @@ def test_each_method_trains_through_the_runner(test_plugin, tmp_path, name):
     assert metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
     assert (tmp_path / name / "checkpoint.pt").exists()
     assert (tmp_path / name / "reconstructions.png").exists()
+    if name == "inter_subject":  # reports/scripts/appearance_code.py reads such a run
+        import importlib.util
+        from pathlib import Path
+
+        script = Path(__file__).parents[1] / "reports" / "scripts" / "appearance_code.py"
+        spec = importlib.util.spec_from_file_location("appearance_code", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        figures = module.measure(tmp_path / name, faces=8, batch=4)
+        assert set(figures) == {"output_vs_x_prime", "i_a_vs_x", "swapped_vs_x_prime", "swapped_vs_other_x"}
+        assert all(-1 <= value <= 1 for value in figures.values())
 
 
 def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
