@@ -149,6 +149,15 @@ def wrap(method: nn.Module, world: World, device: torch.device):
     return ddp
 
 
+def syncs_batch_norm(module: nn.Module) -> bool:
+    """Whether a training-mode forward of ``module`` would gather BatchNorm statistics from the
+    other processes (SyncBatchNorm in a process group of more than one)."""
+    return (
+        dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        and any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+    )
+
+
 def select_rows(value, rows: slice):
     """Rows ``rows`` of per-sample values drawn for a whole batch.
 

@@ -150,7 +150,11 @@ def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, 
 def save_reconstructions(method, split, config: RunConfig, run_dir: Path, device) -> None:
     """reconstructions.png: the images of each pass of the method's loss (``LandmarkMethod.show``)
     on the first test faces, its warp and pairing drawn from the run's seed. Nothing for
-    methods that show none."""
+    methods that show none, and under torchrun on CUDA, where BatchNorm is SyncBatchNorm and a
+    training-mode pass on rank 0 alone would wait for the other processes (``lmbench eval RUN``
+    draws it afterwards in one process)."""
+    if distributed.syncs_batch_norm(method):
+        return
     faces = split.batch(np.arange(min(FIGURE_FACES, len(split.images))), device)
     rows = method.reconstruction_rows(faces, config.seed)
     if rows:

@@ -140,3 +140,34 @@ def test_two_gloo_processes_match_one_process(fresh_plugins, tmp_path):
         return [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
 
     assert losses(work / "out") == pytest.approx(losses(tmp_path / "single"), rel=1e-6)
+
+
+def test_the_reconstructions_figure_skips_passes_that_would_wait_for_other_processes(monkeypatch, tmp_path):
+    """Rank 0 draws reconstructions.png alone while the others wait at a barrier: with
+    SyncBatchNorm (CUDA under torchrun) a training-mode pass would wait for them forever."""
+    import numpy as np
+
+    import lmbench.distributed as distributed
+    from lmbench.data import ImageSplit
+    from lmbench.runner import RECONSTRUCTIONS, save_reconstructions
+
+    class Shows(LandmarkMethod):
+        def __init__(self, config):
+            super().__init__(config)
+            self.norm = nn.SyncBatchNorm(3)
+
+        def losses(self, images, generator, points=None):
+            self.show(("x", images))
+            return {}
+
+    config = RunConfig(K=3, image_size=16)
+    split = ImageSplit(np.zeros((8, 16, 16, 3), dtype=np.uint8), None)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda group=None: 2)
+    assert distributed.syncs_batch_norm(Shows(config))
+    save_reconstructions(Shows(config), split, config, tmp_path, torch.device("cpu"))
+    assert not (tmp_path / RECONSTRUCTIONS).exists()
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda group=None: 1)
+    assert not distributed.syncs_batch_norm(Shows(config))
+    save_reconstructions(Shows(config), split, config, tmp_path, torch.device("cpu"))
+    assert (tmp_path / RECONSTRUCTIONS).exists()
