@@ -22,8 +22,9 @@ _MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 _TRIM_THRESHOLD = 1 << 30
 
 
+@cache
 def _mallopt():
-    """glibc's ``mallopt``, or None (macOS, Windows, a libc without it)."""
+    """glibc's ``mallopt``, or None (macOS, Windows, a libc without it); looked up once."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -143,7 +143,7 @@ def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, 
         result, test = results[config.protocol.name], data.split(config.protocol.test_split)
         landmark_figure(test.images[:FIGURE_FACES], result["discovered"][:FIGURE_FACES],
                         result["predictions"][:FIGURE_FACES], test.points[:FIGURE_FACES], run_dir / FIGURE)
-    save_reconstructions(method, data.split(config.protocol.test_split), config, run_dir, device)
+        save_reconstructions(method, test, config, run_dir, device)
     return metrics_record(results, config.protocol.name)
 
 
