@@ -123,19 +123,23 @@ def _progress_callback(total: int, start: int, description: str):
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[speed]} img/s"),
+        TextColumn("{task.fields[nme]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=False,
     )
-    task = progress.add_task(description, total=total, completed=start, loss="-", speed="-")
+    task = progress.add_task(description, total=total, completed=start, loss="-", speed="-", nme="")
 
     def on_step(step: int, record: dict) -> None:
         fields = {"loss": f"{record['loss']:.4f}"}
+        if "nme" in record:  # a learning-curve probe (--eval-every)
+            fields["nme"] = f"NME {record['nme']:.2f} % at step {step}"
         if "images_per_second" in record:
             fields["speed"] = f"{record['images_per_second']:.1f}"
             if not console.is_terminal:  # a log file gets one plain line per logged step
-                console.print(f"step {step}/{total} loss {fields['loss']} {fields['speed']} img/s", highlight=False)
+                probed = f" NME {record['nme']:.2f} %" if "nme" in record else ""
+                console.print(f"step {step}/{total} loss {fields['loss']} {fields['speed']} img/s{probed}", highlight=False)
         progress.update(task, completed=step, **fields)
 
     return progress, on_step
@@ -163,6 +167,8 @@ def _progress_callback(total: int, start: int, description: str):
               help="How to use --detector-init.  [default: incremental with --detector-init, else scratch]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any setting of config.json, e.g. --set detector.channels=128 (repeatable).")
+@click.option("--eval-every", type=click.IntRange(0), metavar="N",
+              help="Score the test NME every N steps and at the end: curve.csv, curve.png (0: never; same training).  [default: 0]")
 @click.option("--protocol", "protocol_name", type=click.Choice(PROTOCOL_NAMES, case_sensitive=False),
               help="Evaluation protocol preset (lmbench.protocols); --set protocol.KEY=... refines it.  [default: lmbench]")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA (no effect on the CPU).")
@@ -175,7 +181,7 @@ def _progress_callback(total: int, start: int, description: str):
               help="CPU: keep freed memory for the next step instead of unmapping it (glibc; same numbers, faster).")
 def run_command(method, K, dataset, data_root, steps, batch_size, image_size, seed, device, perceptual,
                 perceptual_weights, threads, out_dir, resume, detector_init, adapt, overrides,
-                amp, channels_last, compile_, prefetch, keep_freed_memory, protocol_name=None) -> None:
+                amp, channels_last, compile_, prefetch, keep_freed_memory, eval_every=None, protocol_name=None) -> None:
     """Train a method, evaluate it, and write a run directory.
 
     Under `torchrun --nproc_per_node=N -m lmbench run ...` the N processes share each
@@ -215,6 +221,8 @@ def run_command(method, K, dataset, data_root, steps, batch_size, image_size, se
     run_dir = Path(out_dir) if out_dir else default_run_dir(config)
     if resume and (run_dir / "config.json").exists():
         config = _resumed_config(run_dir, config, steps, overrides)
+    if eval_every is not None:  # it changes no number, so --resume takes a new one too
+        config.eval_every = eval_every
     options = TrainOptions(amp=amp, channels_last=channels_last, compile=compile_, prefetch=prefetch,
                            keep_freed_memory=keep_freed_memory)
     if environment_rank() != 0:  # another torchrun process: rank 0 reports

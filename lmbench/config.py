@@ -126,6 +126,7 @@ class RunConfig:
     threads: int = 0  # 0: torch's default
     checkpoint_every: int = 250
     log_every: int = 25
+    eval_every: int = 0  # steps between learning-curve probes (lmbench.curve); 0 = none
     eval_batch_size: int = 64
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)

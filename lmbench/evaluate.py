@@ -387,11 +387,13 @@ def evaluate(
     untrained_detect: Callable[[torch.Tensor], torch.Tensor] | None = None,
     cache: dict | None = None,
     strict_crop: bool = True,
+    sweep: bool = True,
 ) -> dict:
     """The whole protocol for a frozen detector. Returns metrics plus the raw arrays.
 
     ``untrained_detect`` adds the untrained-detector floor (``nme_untrained``); ``cache``
-    shares detector passes between protocols that use the same dataset.
+    shares detector passes between protocols that use the same dataset; ``sweep=False``
+    skips the N sweep (the learning curve's probes, lmbench.curve).
     """
     validate_protocol(protocol)
     crop = check_test_crop(data, protocol, strict=strict_crop)
@@ -408,7 +410,7 @@ def evaluate(
     eyes = data.schema.eye_indices
     points = [_points(cache, (id(data), name, "trained"), detect, split, batch_size, device)
               for name, split in ((protocol.fit_split, fit), (protocol.test_split, test))]
-    result = evaluate_points(points[0], fit.points, points[1], test.points, protocol, eyes, **options)
+    result = evaluate_points(points[0], fit.points, points[1], test.points, protocol, eyes, sweep=sweep, **options)
     if untrained_detect is not None:
         floor_points = [_points(cache, (id(data), name, "untrained"), untrained_detect, split, batch_size, device)
                         for name, split in ((protocol.fit_split, fit), (protocol.test_split, test))]

@@ -9,7 +9,10 @@ Sections of the markdown report:
 - Table II: NME against the number N of annotated images that fit the regressor;
 - ablations over seeds (every config setting that varies within a method becomes a variant);
 - reference floors (mean shape, untrained detector) and supervised upper bounds;
-- plots (N sweep, cumulative error distribution, per-landmark NME) and every run.
+- NME during training, for runs made with ``--eval-every`` (their ``curve.csv``), at the steps
+  every seed of a group was probed;
+- plots (N sweep, cumulative error distribution, per-landmark NME, NME during training) and
+  every run.
 
 A run directory whose metrics.json is missing keys or unreadable is skipped with a warning
 naming the file; a broken evaluation.json or config.json only drops what needs it.
@@ -17,6 +20,7 @@ naming the file; a broken evaluation.json or config.json only drops what needs i
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import warnings
@@ -28,6 +32,7 @@ import pandas as pd
 
 from lmbench import atomic
 from lmbench.config import upgrade_saved_config
+from lmbench.curve import CURVE_CSV
 from lmbench.protocols import describe, leaks
 
 REQUIRED = ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed")
@@ -36,7 +41,7 @@ OPTIONAL = ("nme_backward", "nme_untrained", "failure_rate_10", "auc_10", "nme_f
 SCALAR_METRICS = ("nme", "nme_backward", "failure_rate_10", "auc_10", "nme_mean_shape", "nme_untrained")
 # config.json settings that never make a run a different variant
 NOT_VARIANTS = {"method", "K", "dataset", "seed", "device", "threads", "data_root", "environment", "dataset_info",
-                "perceptual_weights_source", "checkpoint_every", "log_every", "eval_batch_size", "protocol.name",
+                "perceptual_weights_source", "checkpoint_every", "log_every", "eval_every", "eval_batch_size", "protocol.name",
                 "protocol.floors", "train_options"}
 
 
@@ -111,13 +116,26 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
             "nme_by_protocol": metrics.get("nme_by_protocol") or {},
             "evaluation": _read_optional(run / "evaluation.json"),
             "config_flat": {k: v for k, v in _flatten(config).items() if _is_variant_key(k)},
+            "curve": read_curve_csv(run / CURVE_CSV),
             "run": str(run),
         })
     columns = [*REQUIRED, *OPTIONAL, "supervised", "protocol", "protocol_record", "nme_by_protocol", "evaluation",
-               "config_flat", "run"]
+               "config_flat", "curve", "run"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["variant"] = _variants(frame)
     return frame
+
+
+def read_curve_csv(path: Path) -> dict[int, float]:
+    """{step: NME} from a run's curve.csv (lmbench.curve); {} when absent, with a warning when unreadable."""
+    if not path.exists():
+        return {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return {int(row["step"]): float(row["nme"]) for row in csv.DictReader(handle)}
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        _warn(f"{path}: no learning curve read ({error})")
+        return {}
 
 
 def _short(value) -> str:
@@ -263,6 +281,35 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _curve_groups(frame: pd.DataFrame) -> dict[str, tuple[list[int], list[list[float]]]]:
+    """{group label: (steps every run of the group was probed at, [NMEs per step, one per run])}
+    for the groups whose runs all have a learning curve."""
+    groups = {}
+    if "curve" not in frame:
+        return groups
+    for (label, k, dataset), group in frame.groupby([frame.apply(run_label, axis=1), "K", "dataset"], sort=True):
+        curves = list(group["curve"])
+        if not curves or not all(curves):
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if steps:
+            groups[f"{label} K={k} {dataset}"] = (steps, [[c[step] for c in curves] for step in steps])
+    return groups
+
+
+def curve_table(frame: pd.DataFrame) -> str | None:
+    """NME (mean ± std over seeds) at each probed step, one column per group; None without curves."""
+    groups = _curve_groups(frame)
+    if not groups:
+        return None
+    cells, steps = {}, set()
+    for name, (group_steps, values) in groups.items():
+        for step, nmes in zip(group_steps, values):
+            cells[(str(step), name)] = _pm(nmes) if len(nmes) > 1 else _fmt(nmes[0])
+            steps.add(step)
+    return _grid([str(s) for s in sorted(steps)], list(groups), cells, "step")
+
+
 def table_one(frame: pd.DataFrame, published: pd.DataFrame) -> str:
     """Per K: rows = methods (+ floor, published), columns = datasets; mean +- std (seeds)."""
     ks = sorted(set(int(k) for k in frame["K"])) or sorted(set(int(k) for k in published["K"].dropna()))
@@ -389,7 +436,7 @@ def make_plots(frame: pd.DataFrame, published: pd.DataFrame, folder: Path) -> di
     """N-sweep curves, CED curves and per-landmark bars; returns {section: [png paths]}."""
     from lmbench.plots import Series, bar_chart, line_chart
 
-    made: dict[str, list[Path]] = {"sweep": [], "ced": [], "per_landmark": []}
+    made: dict[str, list[Path]] = {"sweep": [], "ced": [], "per_landmark": [], "curve": []}
     series = []
     for (label, k, dataset), group in frame.groupby([frame.apply(run_label, axis=1), "K", "dataset"], sort=True):
         per_n: dict = {}
@@ -435,6 +482,11 @@ def make_plots(frame: pd.DataFrame, published: pd.DataFrame, folder: Path) -> di
                                       xlabel="NME % (inter-ocular)", ylabel="fraction of test images"))
         made["per_landmark"].append(bar_chart(list(names), bars, folder / f"per_landmark_{stem}.png", errors=errors,
                                               title=f"Per-landmark NME: {dataset}, K={k}", ylabel="NME %"))
+    learning = [Series(name, steps, [mean_std(v)[0] for v in values], [mean_std(v)[1] for v in values])
+                for name, (steps, values) in _curve_groups(frame).items()]
+    if learning:
+        made["curve"].append(line_chart(learning, folder / "curves.png", title="Test NME during training (mean ± std over seeds)",
+                                        xlabel="training step", ylabel="NME %"))
     return made
 
 
@@ -523,10 +575,17 @@ def build_report(frame: pd.DataFrame, runs_dir: str | Path, *, published: pd.Dat
         floors_table(frame),
         "",
     ]
+    curves = curve_table(frame)
+    if curves:
+        parts += ["## NME during training", "",
+                  "Runs made with `lmbench run --eval-every N`: the test NME of the run's own protocol every N steps "
+                  "(mean ± std over seeds, the number of runs in brackets), at the steps every run of a column was "
+                  "probed; the last step's is the final evaluation's.", "", curves, ""]
     if plots and any(plots.values()):
         base = (relative_to or Path(".")).resolve()
         parts += ["## Plots", ""]
-        titles = {"sweep": "N sweep", "ced": "Cumulative error distribution", "per_landmark": "Per-landmark NME"}
+        titles = {"sweep": "N sweep", "ced": "Cumulative error distribution", "per_landmark": "Per-landmark NME",
+                  "curve": "NME during training"}
         for section, paths in plots.items():
             for path in paths:
                 link = Path(path).resolve()

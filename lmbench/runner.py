@@ -24,10 +24,11 @@ import torch
 from lmbench import atomic, distributed, registry
 from lmbench.config import RunConfig, environment
 from lmbench.data import DatasetSplits
-from lmbench.evaluate import direct_extras, evaluate_protocols, metrics_record, write_evaluation
+from lmbench.curve import make_probe, write_curve
+from lmbench.evaluate import dataset_crop, direct_extras, evaluate_protocols, metrics_record, write_evaluation
 from lmbench.evaluate_direct import evaluate_direct
 from lmbench.method import LandmarkMethod
-from lmbench.train import CHECKPOINT, TrainOptions, check_lr_scale, load_checkpoint, resolve_device, train
+from lmbench.train import CHECKPOINT, TRAIN_LOG, TrainOptions, check_lr_scale, load_checkpoint, resolve_device, train
 from lmbench.viz import landmark_figure, reconstruction_figure
 
 CONFIG = "config.json"
@@ -115,12 +116,38 @@ def untrained_method(config: RunConfig, device) -> LandmarkMethod:
     return method.to(device).eval()
 
 
+def rebuild_with_crop(config: RunConfig, test_crop: str) -> DatasetSplits:
+    """The run's dataset prepared with another test crop (a protocol that requires it)."""
+    from lmbench.protocols import crop_dataset_options
+
+    options = crop_dataset_options(config.dataset_options, test_crop)
+    return build_dataset(RunConfig.from_dict({**config.to_dict(), "dataset_options": options}))
+
+
+def curve_probe(method, data: DatasetSplits, config: RunConfig, device):
+    """The learning-curve probe of ``--eval-every`` (lmbench.curve), or None when it is off.
+
+    The probes score the run's own protocol, on the dataset with the protocol's test crop
+    (rebuilt once here if the run's dataset was prepared with another), as the final
+    evaluation does."""
+    if config.eval_every < 0:
+        raise RunError(f"eval_every must be >= 0 (0: no learning curve), got {config.eval_every}")
+    if config.eval_every == 0:
+        return None
+    unannotated = unannotated_splits(config, data)
+    if unannotated:
+        raise RunError(f"--eval-every needs annotations, and dataset {config.dataset!r} has none in split(s) "
+                       f"{', '.join(unannotated)}; train without it and score the checkpoint with `lmbench eval`")
+    recorded = dataset_crop(data)[0]
+    if recorded is not None and recorded != config.protocol.test_crop:
+        data = rebuild_with_crop(config, config.protocol.test_crop)
+    return make_probe(method, data, config, device)
+
+
 def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, device, *,
                  protocols: list | None = None, floors: bool | None = None) -> dict:
     """Evaluate a trained method under the run's protocol (or ``protocols``); write evaluation.json,
     evaluation/<protocol>/*.csv and landmarks.png; return the entries of metrics.json."""
-    from lmbench.protocols import crop_dataset_options
-
     method.eval()
     protocols = protocols or [config.protocol]
     if method.predicts_annotations:  # supervised references: scored as they are, no regressor
@@ -131,11 +158,7 @@ def evaluate_run(method, data: DatasetSplits, config: RunConfig, run_dir: Path, 
         floors = config.protocol.floors if floors is None else floors
         untrained = untrained_method(config, device) if floors else None
 
-        def rebuild(test_crop: str) -> DatasetSplits:
-            options = crop_dataset_options(config.dataset_options, test_crop)
-            return build_dataset(RunConfig.from_dict({**config.to_dict(), "dataset_options": options}))
-
-        results = evaluate_protocols(method.detect, data, protocols, rebuild=rebuild,
+        results = evaluate_protocols(method.detect, data, protocols, rebuild=lambda crop: rebuild_with_crop(config, crop),
                                      untrained_detect=None if untrained is None else untrained.detect,
                                      batch_size=config.eval_batch_size, device=device)
     write_evaluation(run_dir, results)
@@ -201,6 +224,7 @@ def run(
         method = build_method(config)
         check_image_size(config, method)
         check_lr_scale(method, config.optim.lr_scale)  # before the run directory is written
+        probe = curve_probe(method, data, config, device)  # likewise
         train_split = data.split(method.train_split)
         if method.uses_labels and train_split.points is None:
             raise RunError(f"method {config.method!r} needs annotated training images; dataset "
@@ -212,7 +236,8 @@ def run(
             atomic.write_json(run_dir / CONFIG, record)
         extra = data.split(method.extra_split) if method.extra_split is not None else None
         result = train(method, train_split, config, run_dir, device=device, resume=resume,
-                       on_step=on_step if world.is_main else None, extra=extra, options=options, world=world)
+                       on_step=on_step if world.is_main else None, extra=extra, options=options, world=world,
+                       probe=probe if world.is_main else None)
         if not world.is_main:
             world.barrier()  # rank 0 evaluates once; the others wait, then leave together
             return {}
@@ -231,6 +256,7 @@ def run(
             "world_size": world.size,
             "final_loss": result.final_loss,
         }
+        write_curve(run_dir, run_dir / TRAIN_LOG, f"{config.method} K={config.K} seed {config.seed}: test NME during training")
         t_eval = time.perf_counter()
         unannotated = unannotated_splits(config, data)
         if unannotated:  # e.g. `folder`: training only; score it later on an annotated dataset

@@ -25,6 +25,7 @@ import torch
 
 from lmbench import atomic, memory
 from lmbench.config import RunConfig
+from lmbench.curve import due as curve_due
 from lmbench.data import ImageSplit, to_normalized
 from lmbench.distributed import SINGLE, World, rank_generator, wrap
 from lmbench.method import LandmarkMethod
@@ -334,13 +335,16 @@ def train(
     extra: ImageSplit | None = None,
     options: TrainOptions | None = None,
     world: World = SINGLE,
+    probe: Callable[[], dict] | None = None,
 ) -> TrainResult:
     """Train ``method`` on ``data`` for ``config.steps`` steps, checkpointing into ``run_dir``.
 
     ``extra``: the split named by ``method.extra_split`` (e.g. unlabelled images), batched like
     ``data`` and passed as ``losses(..., extra_images=...)``. ``world``: this process's
     place under torchrun (:func:`lmbench.distributed.start`); only rank 0 writes the log and
-    the checkpoints. A NonFiniteError leaves the last checkpoint as it was.
+    the checkpoints. A NonFiniteError leaves the last checkpoint as it was. ``probe``: scores
+    the detector when :func:`lmbench.curve.due` says so (rank 0); its fields join that step's
+    log record and its time is left out of the training time (lmbench.curve).
     """
     if method.extra_split is not None and extra is None:
         raise ValueError(f"method {type(method).__name__} needs split {method.extra_split!r} too: pass train(..., extra=)")
@@ -377,6 +381,7 @@ def train(
     log_path = run_dir / TRAIN_LOG
     t0 = time.perf_counter()
     window_start, window_images, last_loss = t0, 0, math.nan
+    probing = 0.0  # seconds spent in probes, left out of the training time
     saved = start_step if state is not None else None
     try:
         for step in range(start_step, config.steps):
@@ -394,7 +399,8 @@ def train(
             done = step + 1
             if not world.is_main:
                 continue
-            if done % config.log_every == 0 or done == config.steps:
+            probe_now = probe is not None and curve_due(config, done)
+            if done % config.log_every == 0 or done == config.steps or probe_now:
                 now = time.perf_counter()
                 record = {
                     "step": done,
@@ -402,8 +408,13 @@ def train(
                     **{name: round(value.item(), 6) for name, value in terms.items()},
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_second": window_images / max(now - window_start, 1e-9),
-                    "train_seconds": previous_seconds + now - t0,
+                    "train_seconds": previous_seconds + now - t0 - probing,
                 }
+                if probe_now:
+                    record.update(probe())
+                    record["probe_seconds"] = round(time.perf_counter() - now, 3)
+                    probing += time.perf_counter() - now
+                    now = time.perf_counter()
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
                 window_start, window_images = now, 0
@@ -412,12 +423,13 @@ def train(
             elif on_step:
                 on_step(done, {"step": done, "loss": last_loss})
             if done % config.checkpoint_every == 0 or done == config.steps:
-                save_checkpoint(run_dir, method, optimizer, done, previous_seconds + time.perf_counter() - t0, config)
+                save_checkpoint(run_dir, method, optimizer, done, previous_seconds + time.perf_counter() - t0 - probing,
+                                config)
                 saved = done
     finally:
         loader.close()
         method.sample_slice = method.global_batch = None
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - probing
     steps_run = config.steps - start_step
     if steps_run == 0 and (run_dir / CHECKPOINT).exists():
         elapsed = 0.0
