@@ -66,6 +66,7 @@ def fold_incremental(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_detector_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(detector state dict, architecture settings) from a pretrain or run checkpoint."""
+    from lmbench.averaging import evaluation_state
     from lmbench.train import load_checkpoint
 
     path = Path(path)
@@ -75,7 +76,7 @@ def load_detector_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     if "detector" in state and "architecture" in state:
         return fold_incremental(state["detector"]), dict(state["architecture"])
     if "model" in state and "config" in state:
-        detector = {k[len("detector."):]: v for k, v in state["model"].items() if k.startswith("detector.")}
+        detector = {k[len("detector."):]: v for k, v in evaluation_state(state).items() if k.startswith("detector.")}
         if not detector:
             raise ValueError(f"--detector-init {path}: the run's model has no detector weights")
         return fold_incremental(detector), dict(state["config"]["detector"])

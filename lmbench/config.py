@@ -90,6 +90,9 @@ class OptimConfig:
     # Per-network multipliers of the learning rate, e.g. {"detector": 3.0} (the original Li et al.
     # code's separate --lr_fan / --lr_gan); a network not named keeps lr. Empty: one group.
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # Evaluate an exponential moving average of the trained weights (lmbench.averaging); 0 = off,
+    # the last iterate is evaluated.
+    ema_decay: float = 0.0
 
 
 @dataclass

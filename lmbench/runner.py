@@ -24,6 +24,7 @@ import torch
 from lmbench import atomic, distributed, registry
 from lmbench.config import RunConfig, environment
 from lmbench.data import DatasetSplits
+from lmbench.averaging import check_decay, evaluation_state
 from lmbench.curve import make_probe, write_curve
 from lmbench.evaluate import dataset_crop, direct_extras, evaluate_protocols, metrics_record, write_evaluation
 from lmbench.evaluate_direct import evaluate_direct
@@ -210,6 +211,10 @@ def run(
         if bool(saved_scale) != bool(config.optim.lr_scale):  # one optimizer group against one per network
             raise RunError(f"{run_dir}: --resume can change optim.lr_scale's multipliers but not switch it on or off "
                            f"(saved {saved_scale}, now {config.optim.lr_scale})")
+        saved_decay = (saved.get("optim") or {}).get("ema_decay") or 0.0
+        if (saved_decay > 0) != (config.optim.ema_decay > 0):  # an average from mid-run is not the run's
+            raise RunError(f"{run_dir}: --resume can change optim.ema_decay but not switch the weight average on or "
+                           f"off (saved {saved_decay}, now {config.optim.ema_decay})")
     options = options or TrainOptions()
     world, device = distributed.start(resolve_device(config.device))
     try:
@@ -224,6 +229,7 @@ def run(
         method = build_method(config)
         check_image_size(config, method)
         check_lr_scale(method, config.optim.lr_scale)  # before the run directory is written
+        check_decay(config.optim.ema_decay)
         probe = curve_probe(method, data, config, device)  # likewise
         train_split = data.split(method.train_split)
         if method.uses_labels and train_split.points is None:
@@ -308,7 +314,7 @@ def reevaluate(run_dir: Path, *, device: str = "auto", protocol_overrides: dict 
         raise RunError(f"dataset {config.dataset!r} has no annotations in split(s) {', '.join(unannotated)}: "
                        "nothing to score; pass --dataset NAME of an annotated dataset")
     method = build_method(config)
-    method.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    method.load_state_dict(evaluation_state(load_checkpoint(run_dir / CHECKPOINT)))
     method.to(torch_device)
     from lmbench.protocols import get_protocol
 

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from lmbench import atomic, memory
+from lmbench.averaging import WeightAverage
 from lmbench.config import RunConfig
 from lmbench.curve import due as curve_due
 from lmbench.data import ImageSplit, to_normalized
@@ -113,7 +115,8 @@ class TrainResult:
     final_loss: float
 
 
-def save_checkpoint(run_dir: Path, method, optimizer, step: int, train_seconds: float, config: RunConfig) -> None:
+def save_checkpoint(run_dir: Path, method, optimizer, step: int, train_seconds: float, config: RunConfig,
+                    average: WeightAverage | None = None) -> None:
     state = {
         "step": step,
         "train_seconds": train_seconds,
@@ -123,6 +126,8 @@ def save_checkpoint(run_dir: Path, method, optimizer, step: int, train_seconds: 
         | ({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
         "config": config.to_dict(),
     }
+    if average is not None:
+        state.update(average.state_dict())
     atomic.save_torch(run_dir / CHECKPOINT, state)
 
 
@@ -376,6 +381,13 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         for group, scale in zip(optimizer.param_groups, scales):  # this config's multipliers, not the saved ones
             group["lr_scale"] = scale
+    average = WeightAverage(method, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
+    if state is not None and (average is not None) != ("average" in state):
+        raise ValueError(
+            f"{run_dir}: the checkpoint was trained {'with' if 'average' in state else 'without'} a weight average "
+            "(optim.ema_decay); --resume can change the decay but not switch the average on or off")
+    if state is not None and average is not None:
+        average.load_state_dict(state)
     loader = BatchLoader(method, data, config, device, rows=rows, extra=extra, options=options)
     autocast = autocast_for(device, options.amp)
     log_path = run_dir / TRAIN_LOG
@@ -389,6 +401,8 @@ def train(
             try:
                 loss, terms = train_step(method, optimizer, config=config, step=step, autocast=autocast,
                                          losses=losses, world=world, **batch)
+                if average is not None:
+                    average.update()
             except NonFiniteError as error:
                 kept = f"the last good checkpoint (step {saved}) is kept in {run_dir / CHECKPOINT}" if saved is not None \
                     else "no checkpoint had been written yet"
@@ -411,7 +425,8 @@ def train(
                     "train_seconds": previous_seconds + now - t0 - probing,
                 }
                 if probe_now:
-                    record.update(probe())
+                    with average.swapped_in() if average is not None else nullcontext():
+                        record.update(probe())
                     record["probe_seconds"] = round(time.perf_counter() - now, 3)
                     probing += time.perf_counter() - now
                     now = time.perf_counter()
@@ -424,11 +439,13 @@ def train(
                 on_step(done, {"step": done, "loss": last_loss})
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save_checkpoint(run_dir, method, optimizer, done, previous_seconds + time.perf_counter() - t0 - probing,
-                                config)
+                                config, average)
                 saved = done
     finally:
         loader.close()
         method.sample_slice = method.global_batch = None
+    if average is not None:  # what is evaluated from here on; the checkpoint keeps both
+        average.copy_to_method()
     elapsed = time.perf_counter() - t0 - probing
     steps_run = config.steps - start_step
     if steps_run == 0 and (run_dir / CHECKPOINT).exists():
