@@ -7,10 +7,12 @@ does not update), no random number is drawn, and the method goes back to trainin
 run with probes trains exactly as one without (tests check the weights bit for bit). A probe
 skips what only the final evaluation needs (the floors and the N sweep); its NME at the last
 step equals the final evaluation's. Its time is left out of ``train_seconds`` and images/s.
+``nme_fit_split`` (the regressor's error on the images it was fitted on) involves no test
+image: it is the curve to choose a step count or a recipe by; ``nme`` is for looking.
 
 The probes are written into the training log (``metrics.jsonl``: the record of that step
-gains ``nme``, ``nme_backward``, ``nme_mean_shape``, ``wandering_points``, ``border_points``
-and ``probe_seconds``), so ``--resume`` keeps exactly the probes of the steps it keeps;
+gains ``nme``, ``nme_backward``, ``nme_mean_shape``, ``nme_fit_split``, ``wandering_points``,
+``border_points`` and ``probe_seconds``), so ``--resume`` keeps exactly the probes of the steps it keeps;
 ``curve.csv`` and ``curve.png`` are drawn from the log at the end of the run.
 """
 
@@ -29,7 +31,7 @@ from lmbench.data import DatasetSplits
 CURVE_CSV = "curve.csv"
 CURVE_FIGURE = "curve.png"
 #: What a probe records, in curve.csv's column order (after ``step`` and ``train_seconds``).
-PROBED = ("nme", "nme_backward", "nme_mean_shape", "wandering_points", "border_points")
+PROBED = ("nme", "nme_backward", "nme_mean_shape", "nme_fit_split", "wandering_points", "border_points")
 
 
 def due(config: RunConfig, done: int) -> bool:

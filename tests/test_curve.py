@@ -43,12 +43,13 @@ def test_probes_leave_training_bit_for_bit_as_without(test_plugin, tmp_path):
     assert not (tmp_path / "plain" / curve.CURVE_CSV).exists() and not (tmp_path / "plain" / curve.CURVE_FIGURE).exists()
     assert records[-1]["nme"] == probed["nme"]  # the last probe is the final evaluation's number
     assert records[-1]["nme_mean_shape"] == probed["nme_mean_shape"]
+    assert records[-1]["nme_fit_split"] == probed["nme_fit_split"]  # the test-free curve
 
 
 def test_a_run_with_probes_writes_its_curve(test_plugin, tmp_path):
     metrics = run(small_baseline(eval_every=3), tmp_path / "r")
     lines = (tmp_path / "r" / curve.CURVE_CSV).read_text().splitlines()
-    assert lines[0] == "step,train_seconds,nme,nme_backward,nme_mean_shape,wandering_points,border_points"
+    assert lines[0] == "step,train_seconds,nme,nme_backward,nme_mean_shape,nme_fit_split,wandering_points,border_points"
     assert [line.split(",")[0] for line in lines[1:]] == ["3", "6"]
     assert float(lines[-1].split(",")[2]) == pytest.approx(metrics["nme"], abs=1e-4)
     assert (tmp_path / "r" / curve.CURVE_FIGURE).read_bytes().startswith(b"\x89PNG")
