@@ -171,6 +171,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("method") in ROUTED_METHODS and isinstance(options, dict) and "routing" not in options:
         # Saved before Li et al.'s variants could run their passes separately: they were batched.
         data = {**data, "method_options": {**options, "routing": "batched"}}
+    optim = data.get("optim")
+    if isinstance(optim, dict) and "ema_decay" not in optim:
+        # Saved before the weight average existed: their last iterate was evaluated.
+        data = {**data, "optim": {**optim, "ema_decay": 0.0}}
     return data
 
 

@@ -118,3 +118,10 @@ def test_a_decay_outside_zero_to_one_fails_before_anything_is_written(test_plugi
     with pytest.raises(ValueError, match="optim.ema_decay"):
         run(config, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_configs_saved_before_the_average_evaluated_their_last_iterate():
+    from lmbench.config import upgrade_saved_config
+
+    assert upgrade_saved_config({"optim": {"lr": 1e-3}})["optim"] == {"lr": 1e-3, "ema_decay": 0.0}
+    assert upgrade_saved_config({"optim": {"ema_decay": 0.99}})["optim"]["ema_decay"] == 0.99
