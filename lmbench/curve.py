@@ -18,6 +18,7 @@ gains ``nme``, ``nme_backward``, ``nme_mean_shape``, ``nme_fit_split``, ``wander
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Callable
@@ -93,6 +94,15 @@ def curve_csv(rows: list[dict]) -> str:
             cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def read_curve_csv(path: str | Path) -> dict[int, float]:
+    """{step: NME} from a run's curve.csv (written by :func:`write_curve`); {} when it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {int(row["step"]): float(row["nme"]) for row in csv.DictReader(handle)}
 
 
 def write_curve(run_dir: str | Path, log_path: str | Path, title: str) -> list[dict]:

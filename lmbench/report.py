@@ -20,7 +20,6 @@ naming the file; a broken evaluation.json or config.json only drops what needs i
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import warnings
@@ -32,7 +31,7 @@ import pandas as pd
 
 from lmbench import atomic
 from lmbench.config import upgrade_saved_config
-from lmbench.curve import CURVE_CSV
+from lmbench.curve import CURVE_CSV, read_curve_csv
 from lmbench.protocols import describe, leaks
 
 REQUIRED = ("method", "K", "dataset", "nme", "nme_mean_shape", "steps", "train_seconds", "images_per_second", "seed")
@@ -116,7 +115,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
             "nme_by_protocol": metrics.get("nme_by_protocol") or {},
             "evaluation": _read_optional(run / "evaluation.json"),
             "config_flat": {k: v for k, v in _flatten(config).items() if _is_variant_key(k)},
-            "curve": read_curve_csv(run / CURVE_CSV),
+            "curve": _read_curve(run / CURVE_CSV),
             "run": str(run),
         })
     columns = [*REQUIRED, *OPTIONAL, "supervised", "protocol", "protocol_record", "nme_by_protocol", "evaluation",
@@ -126,13 +125,10 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
-def read_curve_csv(path: Path) -> dict[int, float]:
-    """{step: NME} from a run's curve.csv (lmbench.curve); {} when absent, with a warning when unreadable."""
-    if not path.exists():
-        return {}
+def _read_curve(path: Path) -> dict[int, float]:
+    """A run's learning curve (lmbench.curve.read_curve_csv); {} with a warning when unreadable."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return {int(row["step"]): float(row["nme"]) for row in csv.DictReader(handle)}
+        return read_curve_csv(path)
     except (OSError, KeyError, TypeError, ValueError) as error:
         _warn(f"{path}: no learning curve read ({error})")
         return {}
