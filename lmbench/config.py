@@ -171,6 +171,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("method") in ROUTED_METHODS and isinstance(options, dict) and "routing" not in options:
         # Saved before Li et al.'s variants could run their passes separately: they were batched.
         data = {**data, "method_options": {**options, "routing": "batched"}}
+        options = data["method_options"]
+    if data.get("method") == "cycle" and isinstance(options, dict) and "backward" not in options:
+        # Saved before cycle's backward path went through the auxiliary image: the baseline reversed.
+        data = {**data, "method_options": {**options, "backward": "direct"}}
     optim = data.get("optim")
     if isinstance(optim, dict) and "ema_decay" not in optim:
         # Saved before the weight average existed: their last iterate was evaluated.

@@ -123,14 +123,21 @@ class GenerativeMethod(LandmarkMethod):
         ``features`` are the stacked targets' features. The outputs' perceptual features
         come from ONE trunk call over the stack; each chunk's terms equal those of
         ``reconstruction_terms`` on that chunk alone (the trunk has no batch statistics).
+        ``targets`` (and ``features``) may also be ONE chunk that every output chunk is
+        compared with: its features are then computed once, not once per term.
         """
         p, n = self.config.perceptual, len(tags)
+        shared = targets.shape[0] * n == outputs.shape[0] and n > 1
+
+        def chunks(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (t,) * n if shared else t.chunk(n)
+
         terms = {}
-        for tag, out, tgt in zip(tags, outputs.chunk(n), targets.chunk(n)):
+        for tag, out, tgt in zip(tags, outputs.chunk(n), chunks(targets)):
             terms[f"pixel{tag}"] = p.pixel_weight * F.mse_loss(out.float(), tgt.float())
         if self.perceptual is not None:
             predicted = [f.chunk(n) for f in self.perceptual.features(outputs)]
-            wanted = [f.chunk(n) for f in features]
+            wanted = [chunks(f) for f in features]
             for i, tag in enumerate(tags):
                 terms[f"perceptual{tag}"] = p.weight * sum(
                     F.mse_loss(pf[i].float(), tf[i].float()) for pf, tf in zip(predicted, wanted)

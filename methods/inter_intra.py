@@ -9,7 +9,12 @@ image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the
   ``method_options.direct_path = true`` the baseline's ``G(x', H(x))`` vs ``x`` is added
   (one reading of Li et al.'s Table I row "+ inter-subject", which builds on the baseline);
   its generator call shares the batch of the first auxiliary stage.
-- ``cycle``: the baseline's ``G(x', H(x))`` vs ``x`` plus the swapped ``G(x, H(x'))`` vs ``x'``.
+- ``cycle``: the baseline's ``G(x', H(x))`` vs ``x`` plus Li et al.'s backward (cycle) path
+  ``x' -> x^a -> x``: ``G(G(x', H(x^a)), H(x))`` vs ``x``. Both terms compare with the
+  unwarped x, so the detector only looks at x (``H(x^a) = H(x)[perm]``, which here equals the
+  separate pass exactly: the batch statistics of x and x[perm] are the same).
+  ``method_options.backward = "direct"`` gives lmbench's earlier reading instead, the baseline
+  run both ways: ``G(x', H(x))`` vs ``x`` plus ``G(x, H(x'))`` vs ``x'`` (no auxiliary image).
 - ``inter_intra`` (the paper's full model): ``x -> x^a -> x'`` and ``x' -> x^a -> x``,
   ``I_x' = G(G(x, H(x^a)), H(x'))``, ``I_x = G(G(x', H(x^a)), H(x))``,
   loss = (perceptual + MSE)(I_x, x) + (perceptual + MSE)(I_x', x').
@@ -29,10 +34,12 @@ fresh pairing per step only changes which images meet, not the objective.
 Batching, and what is identical to the paper
 --------------------------------------------
 One detector call on ``[x; x']`` gives ``H(x)`` and ``H(x')``; ``H(x^a)`` is
-``H(x)[perm]`` instead of a third pass. Generator calls whose inputs are known together
-share one call on a concatenated batch (inter_intra: both first-stage calls, then both
-second-stage calls; cycle: both directions). Perceptual features of the targets are
-computed once per step under ``no_grad`` and the outputs' features in one VGG call.
+``H(x)[perm]`` instead of a third pass (cycle needs H(x) alone: one call on x). Generator
+calls whose inputs are known together share one call on a concatenated batch (inter_intra:
+both first-stage calls, then both second-stage calls; cycle: the baseline's call and the
+backward path's first stage). Perceptual features of the targets are computed once per step
+under ``no_grad`` (cycle's two terms share the target x, so once for both) and the outputs'
+features in one VGG call.
 
 Everything is the same function as in the paper *except* BatchNorm in training mode:
 its batch statistics are computed over the concatenated batch (``[x; x']``, or the
@@ -62,6 +69,12 @@ from lmbench.registry import MethodSpec
 ROUTINGS = ("batched", "separate")
 PAIRED_OPTIONS = {"routing": "batched"}
 INTER_SUBJECT_OPTIONS = {"direct_path": False, **PAIRED_OPTIONS}
+#: ``cycle``'s ``method_options.backward``: Li et al.'s backward path through the auxiliary
+#: image (``x' -> x^a -> x``, the default), or ``direct``: the baseline's pass reversed,
+#: ``G(x, H(x'))`` vs ``x'`` (lmbench's reading before 2026-12-03; configs saved before the
+#: option load with it).
+CYCLE_BACKWARDS = ("auxiliary", "direct")
+CYCLE_OPTIONS = {"backward": "auxiliary", **PAIRED_OPTIONS}
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -176,11 +189,39 @@ class InterSubject(_PairedMethod):
 
 
 class Cycle(_PairedMethod):
-    """Both directions of the baseline: G(x', H(x)) vs x, and G(x, H(x')) vs x'."""
+    """The baseline plus Li et al.'s backward path: G(x', H(x)) vs x, and
+    G(G(x', H(x^a)), H(x)) vs x (``backward = "direct"``: G(x, H(x')) vs x' instead)."""
 
     name = "cycle"
+    option_defaults = CYCLE_OPTIONS
+
+    def __init__(self, config, **networks):
+        super().__init__(config, **networks)
+        if self.options["backward"] not in CYCLE_BACKWARDS:
+            raise ValueError(
+                f"method 'cycle': method_options.backward must be one of {', '.join(CYCLE_BACKWARDS)}, "
+                f"got {self.options['backward']!r}"
+            )
 
     def losses(self, images, generator, points=None):
+        if self.options["backward"] == "direct":
+            return self.losses_both_ways(images, generator)
+        x, x_prime, _ = self.make_pair(images, generator)
+        perm = self.auxiliary(x.shape[0], generator, x.device)
+        _, h_x = self.encode(x)  # both terms' targets are x: H(x') is never needed
+        h_aux = self.auxiliary_heatmaps(x, h_x, perm)
+        direct, i_a_prime = self.generate([x_prime, x_prime], [h_x, h_aux])  # the baseline's; x' in x^a's structure
+        (back,) = self.generate([i_a_prime], [h_x])  # ... then back in x's structure
+        if self.showing:
+            self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime), ("G(x', H(x)) vs x", direct),
+                      ("I_a' = G(x', H(x^a))", i_a_prime), ("G(I_a', H(x)) vs x", back))
+        if not self.batched:
+            return self.split_terms([direct, back], [x, x], ("_x", "_back"))
+        # One target for both terms: its perceptual features once per step.
+        return self.reconstruction_terms_split(torch.cat([direct, back]), x, self.target_features(x), ("_x", "_back"))
+
+    def losses_both_ways(self, images, generator):
+        """``backward = "direct"``: G(x', H(x)) vs x and G(x, H(x')) vs x', one generator call."""
         x, x_prime, warp = self.make_pair(images, generator)
         h_x, h_prime = self.encode_pair(x, x_prime)
         to_x, to_prime = self.generate([x_prime, x], [h_x, h_prime])
@@ -222,7 +263,7 @@ def register_methods():
         ),
         MethodSpec(
             name=Cycle.name,
-            description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus swapped G(x, H(x')) vs x'",
+            description="Li et al. 2020 ablation: baseline G(x', H(x)) vs x plus the backward path G(G(x', H(x^a)), H(x)) vs x",
             builder=Cycle,
             config_defaults=generative_defaults(Cycle.name),
         ),

@@ -61,7 +61,8 @@ def run_losses(method, seed=3):
     terms = method.losses(images, torch.Generator().manual_seed(seed))
     replay = torch.Generator().manual_seed(seed)
     x, x_prime, _ = method.make_pair(images, replay)
-    perm = derangement(B, replay) if not isinstance(method, Cycle) else None
+    both_ways = isinstance(method, Cycle) and method.options["backward"] == "direct"
+    perm = None if both_ways else derangement(B, replay)
     _, heatmaps = method.bottleneck(F.avg_pool2d(method.detector.conv(torch.cat([x, x_prime])), 4) * 10)
     h_x, h_prime = heatmaps.chunk(2)
     return terms, x, x_prime, perm, h_x, h_prime
@@ -106,8 +107,25 @@ def test_inter_subject_rejects_unknown_options():
         build(InterSubject, method_options={"direct": True})
 
 
-def test_cycle_runs_the_baseline_both_ways_in_one_generator_call():
+def test_cycle_adds_the_backward_path_through_the_auxiliary_image_to_the_baseline():
     method = build(Cycle)
+    terms, x, x_prime, perm, h_x, _ = run_losses(method)
+    assert len(method.detector.calls) == 1 and close(method.detector.calls[0], x)  # H(x) alone
+    first, second = method.generator.calls
+    # First call: the baseline's G(x', H(x)) and the backward path's first stage G(x', H(x^a)).
+    assert close(first["appearance"], torch.cat([x_prime, x_prime]))
+    assert close(first["heatmaps"], torch.cat([h_x, h_x[perm]]))
+    direct, i_a_prime = first["output"].chunk(2)
+    # Second: G(I_a', H(x)), back in x's structure; both outputs are compared with x.
+    assert close(second["appearance"], i_a_prime) and close(second["heatmaps"], h_x)
+    assert set(terms) == {"pixel_x", "pixel_back"}
+    assert math.isclose(terms["pixel_x"].item(), F.mse_loss(direct, x).item(), rel_tol=1e-6)
+    assert math.isclose(terms["pixel_back"].item(), F.mse_loss(second["output"], x).item(), rel_tol=1e-6)
+    assert method.config.method_options == {"backward": "auxiliary", "routing": "batched"}
+
+
+def test_cycle_backward_direct_runs_the_baseline_both_ways_in_one_generator_call():
+    method = build(Cycle, {"backward": "direct"})
     terms, x, x_prime, _, h_x, h_prime = run_losses(method)
     check_single_detector_call(method, x, x_prime)
     (call,) = method.generator.calls
@@ -141,7 +159,8 @@ def test_inter_intra_runs_both_paths_in_two_generator_calls():
     [
         (InterSubject, {}, [B, B]),
         (InterSubject, {"direct_path": True}, [B, B, B]),
-        (Cycle, {}, [B, B]),
+        (Cycle, {}, [B, B, B]),
+        (Cycle, {"backward": "direct"}, [B, B]),
         (InterIntra, {}, [B, B, B, B]),
     ],
 )
@@ -155,7 +174,10 @@ def test_separate_routing_is_the_same_function_one_batch_per_pass(cls, options, 
     assert separate_terms.keys() == terms.keys()
     for name in terms:
         assert torch.allclose(separate_terms[name], terms[name], rtol=1e-5, atol=1e-7), name
-    expected_inputs = [x, x_prime] + ([] if perm is None else [x[perm]])
+    if cls is Cycle and perm is not None:  # its targets are x alone: H(x) and H(x[perm])
+        expected_inputs = [x, x[perm]]
+    else:
+        expected_inputs = [x, x_prime] + ([] if perm is None else [x[perm]])
     assert len(separate.detector.calls) == len(expected_inputs)
     assert all(close(call, image) for call, image in zip(separate.detector.calls, expected_inputs))
     assert [call["appearance"].shape[0] for call in separate.generator.calls] == generator_batches
@@ -190,6 +212,11 @@ def test_routing_must_be_batched_or_separate():
         build(Cycle, {"routing": "split"})
 
 
+def test_cycle_backward_must_be_auxiliary_or_direct():
+    with pytest.raises(ValueError, match="method_options.backward must be one of auxiliary, direct, got 'swap'"):
+        build(Cycle, {"backward": "swap"})
+
+
 def test_padding_mask_marks_what_a_translation_brings_in():
     from lmbench.warps import similarity_warp
 
@@ -215,11 +242,11 @@ def test_outside_mask_as_target_takes_no_loss_and_no_gradient_from_the_padding()
     assert half.dtype == torch.bfloat16 and torch.equal(half[..., :5], target[..., :5].bfloat16())
 
 
-@pytest.mark.parametrize("cls", [InterSubject, Cycle, InterIntra])
-def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls):
+@pytest.mark.parametrize("cls,options", [(InterSubject, {}), (Cycle, {"backward": "direct"}), (InterIntra, {})])
+def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls, options):
     """Outputs compared with x' count only where x' shows image content; those compared
     with the unwarped x are unchanged."""
-    plain, masked = build(cls, mask_padding=False), build(cls, mask_padding=True)
+    plain, masked = build(cls, options, mask_padding=False), build(cls, options, mask_padding=True)
     terms, x, x_prime, *_ = run_losses(plain)
     masked_terms, *_ = run_losses(masked)
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
@@ -235,28 +262,35 @@ def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls):
         assert math.isclose(masked_terms["pixel_x"].item(), terms["pixel_x"].item(), rel_tol=1e-6)
 
 
-def test_baseline_is_unaffected_by_mask_padding():
+@pytest.mark.parametrize("cls", ["baseline", Cycle])
+def test_methods_comparing_only_with_x_are_unaffected_by_mask_padding(cls):
     from lmbench.methods.baseline import Baseline
 
+    cls = Baseline if cls == "baseline" else cls
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
-    terms = [build(Baseline, mask_padding=flag).losses(images, torch.Generator().manual_seed(3)) for flag in (False, True)]
-    assert terms[0]["pixel"].item() == terms[1]["pixel"].item()
+    terms = [build(cls, mask_padding=flag).losses(images, torch.Generator().manual_seed(3)) for flag in (False, True)]
+    assert terms[0].keys() == terms[1].keys()
+    assert all(terms[0][name].item() == terms[1][name].item() for name in terms[0])
 
 
 def nonzero_rows(grad):
     return [bool(row.abs().sum() > 0) for row in grad.flatten(1)] if grad is not None else None
 
 
-@pytest.mark.parametrize("term", ["pixel_x", "pixel_xp"])
-def test_inter_intra_gradients_follow_each_path(term):
-    """Backprop one path's term: the detector gets gradient, and exactly that path's
-    heatmap inputs (and no others) receive it."""
-    method = build(InterIntra)
+def backprop_one_term(cls, term):
+    """The generator calls after backpropagating one term alone; the detector must get gradient."""
+    method = build(cls)
     terms, *_ = run_losses(method)
     method.zero_grad()
     terms[term].backward()
     assert method.detector.conv.weight.grad.abs().sum() > 0
-    first, second = method.generator.calls
+    return method.generator.calls
+
+
+@pytest.mark.parametrize("term", ["pixel_x", "pixel_xp"])
+def test_inter_intra_gradients_follow_each_path(term):
+    """Backprop one path's term: exactly that path's heatmap inputs (and no others) receive gradient."""
+    first, second = backprop_one_term(InterIntra, term)
     to_x = term == "pixel_x"
     # Stage 1 rows: [x | x'] appearances; the path to x starts from x', the path to x' from x.
     assert nonzero_rows(first["heatmaps"].grad) == [not to_x] * B + [to_x] * B
@@ -264,9 +298,45 @@ def test_inter_intra_gradients_follow_each_path(term):
     assert nonzero_rows(second["heatmaps"].grad) == [not to_x] * B + [to_x] * B
 
 
-@pytest.mark.parametrize("cls,terms_expected", [(InterSubject, ["pixel"]), (Cycle, ["pixel_x", "pixel_xp"])])
-def test_detector_gets_gradient_from_every_term(cls, terms_expected):
-    method = build(cls)
+@pytest.mark.parametrize("term", ["pixel_x", "pixel_back"])
+def test_cycle_gradients_follow_each_path(term):
+    """The baseline's term reaches only the first call's H(x) rows; the backward path's reaches
+    its first stage's H(x^a) rows and its second stage's H(x)."""
+    first, second = backprop_one_term(Cycle, term)
+    back = term == "pixel_back"
+    assert nonzero_rows(first["heatmaps"].grad) == [not back] * B + [back] * B
+    assert nonzero_rows(second["heatmaps"].grad) in (([True] * B,) if back else (None, [False] * B))
+
+
+def test_cycle_computes_the_shared_target_features_once():
+    """Both of cycle's terms compare with x: one trunk call for x's features, one for the two outputs,
+    and the terms equal the separate routing's (two calls per term)."""
+    torch.manual_seed(0)
+    weights = {k: torch.randn(shape) * 0.1 for k, shape in expected_shapes("vgg16").items()}
+    perceptual = PerceptualLoss("vgg16", layers=["relu1_2", "relu2_1"], weights=weights)
+    batches = []
+    features = perceptual.features
+    perceptual.features = lambda images: batches.append(images.shape[0]) or features(images)
+    terms = {}
+    for routing in ("batched", "separate"):
+        batches.clear()
+        terms[routing] = run_losses(build(Cycle, {"routing": routing}, perceptual=perceptual))[0]
+        assert batches == ([B, 2 * B] if routing == "batched" else [B, B, B, B]), routing
+    assert set(terms["batched"]) == {"pixel_x", "pixel_back", "perceptual_x", "perceptual_back"}
+    for name, value in terms["batched"].items():
+        assert torch.allclose(terms["separate"][name], value, rtol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "cls,options,terms_expected",
+    [
+        (InterSubject, {}, ["pixel"]),
+        (Cycle, {}, ["pixel_back", "pixel_x"]),
+        (Cycle, {"backward": "direct"}, ["pixel_x", "pixel_xp"]),
+    ],
+)
+def test_detector_gets_gradient_from_every_term(cls, options, terms_expected):
+    method = build(cls, options)
     terms, *_ = run_losses(method)
     assert sorted(terms) == terms_expected
     for name in terms_expected:
@@ -381,7 +451,7 @@ def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
 
 PASSES = {
     InterSubject: ["x", "x^a", "x'", "I_a = G(x, H(x^a))", "G(I_a, H(x')) vs x'"],
-    Cycle: ["x", "x'", "G(x', H(x)) vs x", "G(x, H(x')) vs x'"],
+    Cycle: ["x", "x^a", "x'", "G(x', H(x)) vs x", "I_a' = G(x', H(x^a))", "G(I_a', H(x)) vs x"],
     InterIntra: ["x", "x^a", "x'", "I_a = G(x, H(x^a))", "G(I_a, H(x')) vs x'",
                  "I_a' = G(x', H(x^a))", "G(I_a', H(x)) vs x"],
 }

@@ -127,14 +127,25 @@ def test_configs_saved_before_the_generator_input_norm_keep_their_generator():
 
 
 def test_configs_saved_before_the_routing_option_were_batched():
-    for method, before in [("cycle", {}), ("inter_intra", {}), ("inter_subject", {"direct_path": False})]:
+    for method, before in [("inter_intra", {}), ("inter_subject", {"direct_path": False})]:
         saved = {**RunConfig(method=method).to_dict(), "method_options": before}
         saved = json.loads(json.dumps(saved))
         assert upgrade_saved_config(saved)["method_options"] == {**before, "routing": "batched"}, method
     baseline = json.loads(json.dumps(RunConfig(method="baseline").to_dict()))
     assert upgrade_saved_config(baseline)["method_options"] == {}
-    separate = {**RunConfig(method="cycle").to_dict(), "method_options": {"routing": "separate"}}
+    separate = {**RunConfig(method="inter_intra").to_dict(), "method_options": {"routing": "separate"}}
     assert upgrade_saved_config(separate)["method_options"] == {"routing": "separate"}
+
+
+def test_cycle_configs_saved_before_the_backward_option_ran_the_baseline_both_ways():
+    """Before 2026-12-03 cycle's second term was G(x, H(x')) vs x' (``backward = "direct"``)."""
+    oldest = {**RunConfig(method="cycle").to_dict(), "method_options": {}}
+    assert upgrade_saved_config(oldest)["method_options"] == {"routing": "batched", "backward": "direct"}
+    separate = {**RunConfig(method="cycle").to_dict(), "method_options": {"routing": "separate"}}
+    assert upgrade_saved_config(separate)["method_options"] == {"routing": "separate", "backward": "direct"}
+    new = {**RunConfig(method="cycle").to_dict(), "method_options": {"routing": "batched", "backward": "auxiliary"}}
+    assert upgrade_saved_config(new)["method_options"] == new["method_options"]
+    assert RunConfig.from_dict(oldest).method_options["backward"] == "direct"
 
 
 def test_configs_saved_before_the_padding_mask_keep_their_loss():
