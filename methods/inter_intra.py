@@ -107,16 +107,18 @@ class _PairedMethod(GenerativeMethod):
 
     name = ""  # the registered name, for error messages
     option_defaults = PAIRED_OPTIONS
+    option_choices = {"routing": ROUTINGS}  # the values each string option may take
 
     def __init__(self, config, **networks):
         super().__init__(config, **networks)
         self.to(memory_format=torch.channels_last)
         self.options = resolve_options(config, self.option_defaults, self.name)
-        if self.options["routing"] not in ROUTINGS:
-            raise ValueError(
-                f"method {self.name!r}: method_options.routing must be one of {', '.join(ROUTINGS)}, "
-                f"got {self.options['routing']!r}"
-            )
+        for key, choices in self.option_choices.items():
+            if self.options[key] not in choices:
+                raise ValueError(
+                    f"method {self.name!r}: method_options.{key} must be one of {', '.join(choices)}, "
+                    f"got {self.options[key]!r}"
+                )
         self.batched = self.options["routing"] == "batched"
 
     def make_pair(self, images, generator):
@@ -150,14 +152,16 @@ class _PairedMethod(GenerativeMethod):
 
         Batched: the targets' features in ONE perceptual call and the outputs' in another; each
         pair's terms equal ``reconstruction_terms`` on that pair alone (the trunk has no batch
-        statistics). Separate: that, pair by pair.
+        statistics). A target shared by every pair (the same tensor) is featurised once.
+        Separate: that, pair by pair.
         """
         if not self.batched:
             terms = {}
             for out, tgt, tag in zip(outputs, targets, tags):
                 terms.update(self.reconstruction_terms(out, tgt, self.target_features(tgt), tag))
             return terms
-        stacked = torch.cat(targets)
+        shared = all(t is targets[0] for t in targets)
+        stacked = targets[0] if shared else torch.cat(targets)
         return self.reconstruction_terms_split(torch.cat(outputs), stacked, self.target_features(stacked), tags)
 
 
@@ -194,14 +198,7 @@ class Cycle(_PairedMethod):
 
     name = "cycle"
     option_defaults = CYCLE_OPTIONS
-
-    def __init__(self, config, **networks):
-        super().__init__(config, **networks)
-        if self.options["backward"] not in CYCLE_BACKWARDS:
-            raise ValueError(
-                f"method 'cycle': method_options.backward must be one of {', '.join(CYCLE_BACKWARDS)}, "
-                f"got {self.options['backward']!r}"
-            )
+    option_choices = {**_PairedMethod.option_choices, "backward": CYCLE_BACKWARDS}
 
     def losses(self, images, generator, points=None):
         if self.options["backward"] == "direct":
@@ -215,10 +212,7 @@ class Cycle(_PairedMethod):
         if self.showing:
             self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime), ("G(x', H(x)) vs x", direct),
                       ("I_a' = G(x', H(x^a))", i_a_prime), ("G(I_a', H(x)) vs x", back))
-        if not self.batched:
-            return self.split_terms([direct, back], [x, x], ("_x", "_back"))
-        # One target for both terms: its perceptual features once per step.
-        return self.reconstruction_terms_split(torch.cat([direct, back]), x, self.target_features(x), ("_x", "_back"))
+        return self.split_terms([direct, back], [x, x], ("_x", "_back"))  # x featurised once
 
     def losses_both_ways(self, images, generator):
         """``backward = "direct"``: G(x', H(x)) vs x and G(x, H(x')) vs x', one generator call."""
