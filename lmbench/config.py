@@ -16,7 +16,7 @@ class DetectorConfig:
     # Multiplies the head's initial weights (1 = PyTorch's default init). The generative
     # methods use 0.5 (lmbench.generative.GENERATIVE_HEAD_INIT_GAIN): flatter untrained maps,
     # so the softargmax's gradient reaches more pixels than the few a random network
-    # favours (README, "Flatter initial maps").
+    # favours (reports/findings.md, "Flatter initial maps").
     head_init_gain: float = 1.0
     init: str | None = None  # pretrained detector checkpoint (--detector-init), see lmbench.adapt
     adapt: str = "scratch"  # incremental | finetune | scratch
@@ -27,7 +27,7 @@ class BottleneckConfig:
     temperature: float = 0.1  # softmax(x / T); Li et al.'s beta = 1 / T
     # Gaussian std in heatmap pixels. Sanchez: 0.5 at 32 x 32 maps; lmbench's 64-px default
     # (16 x 16 maps) uses 2.0, which discovers landmarks several times faster on a CPU budget
-    # (README, "Why the CPU defaults differ from the papers").
+    # (reports/findings.md, "Why the CPU defaults differ from the papers").
     sigma: float = 2.0
 
 
@@ -37,7 +37,7 @@ class GeneratorConfig:
     res_blocks: int = 4
     # BatchNorm over [features; heatmaps] before the residual blocks, as in Sanchez's and Li et
     # al.'s code: it brings the Gaussian maps (std ~0.2 at sigma 2) to the scale of the image
-    # features (README, "The generator's input normalisation"). Runs saved before it existed
+    # features (reports/findings.md, "The generator's input normalisation"). Runs saved before it existed
     # load with False, their architecture.
     input_norm: bool = True
 
@@ -46,7 +46,7 @@ class GeneratorConfig:
 class PerceptualConfig:
     backbone: str = "vgg16"  # vgg16 (the papers') | alexnet (cheaper, but weak at 64 px) | none
     # None: the backbone's default layers (vgg16: the papers' relu1_2/2_2/3_3/4_3). lmbench's
-    # CPU default stops at relu3_3, 15 % cheaper per step (README, "Why the CPU defaults differ").
+    # CPU default stops at relu3_3, 15 % cheaper per step (reports/findings.md, "Why the CPU defaults differ").
     layers: list[str] | None = field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3"])
     weights: str | None = None  # explicit --perceptual-weights path
     imagenet_normalize: bool = False  # the original feeds [0, 1] images without mean/std
@@ -66,13 +66,13 @@ class WarpConfig:
     # (supervised augmentation and pretraining use the similarity alone): N(0, tps_sigma^2)
     # offsets (normalised units) of a tps_grid x tps_grid control lattice. 0 gives the papers'
     # similarity pairs; lmbench's CPU default 0.05 makes the generator need points on the
-    # face's parts, not just the head's pose (README, "Why the CPU defaults differ").
+    # face's parts, not just the head's pose (reports/findings.md, "Pairs with a thin-plate-spline jitter").
     tps_sigma: float = 0.05
     tps_grid: int = 5
     # Where a method compares its output with the warped x', the reconstruction loss skips the
     # pixels that the warp filled from outside the source image (border padding): otherwise the
     # generator can only draw that padding if the landmarks track the image's frame, and the
-    # detector learns to put them there (README, "Padding of the warped target"). The baseline's
+    # detector learns to put them there (reports/findings.md, "Padding of the warped target"). The baseline's
     # target is the unwarped x, so it is unaffected.
     mask_padding: bool = True
 

@@ -21,14 +21,14 @@ from lmbench.warps import random_similarity, random_tps
 
 #: Each generative method's default steps (``MethodSpec.config_defaults``): what fits 10
 #: minutes of wall clock, evaluation included, on the slower of the two 2-core reference CPUs
-#: measured (README, "How many steps"). The costlier a method is per step, the
+#: measured (README and reports/findings.md, "How many steps"). The costlier a method is per step, the
 #: fewer steps it gets, so the defaults compare the methods at equal time; pass one
 #: ``--steps`` to all four for the papers' equal-schedule comparison.
 GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 420, "cycle": 275, "inter_intra": 235}
 
 #: The generative methods' initial head scale (``detector.head_init_gain``): the untrained
 #: detector's maps start flatter, so the softargmax passes gradient to most pixels instead of
-#: to the few that a random network happens to favour (README, "Flatter initial maps").
+#: to the few that a random network happens to favour (reports/findings.md, "Flatter initial maps").
 GENERATIVE_HEAD_INIT_GAIN = 0.5
 
 
