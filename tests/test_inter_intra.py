@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmbench.config import RunConfig
+from lmbench.methods.baseline import Baseline
 from lmbench.methods.inter_intra import Cycle, InterIntra, InterSubject, derangement
 from lmbench.nn.perceptual import PerceptualLoss
 from lmbench.weights import expected_shapes
@@ -262,11 +263,8 @@ def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls, options)
         assert math.isclose(masked_terms["pixel_x"].item(), terms["pixel_x"].item(), rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("cls", ["baseline", Cycle])
+@pytest.mark.parametrize("cls", [Baseline, Cycle])
 def test_methods_comparing_only_with_x_are_unaffected_by_mask_padding(cls):
-    from lmbench.methods.baseline import Baseline
-
-    cls = Baseline if cls == "baseline" else cls
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
     terms = [build(cls, mask_padding=flag).losses(images, torch.Generator().manual_seed(3)) for flag in (False, True)]
     assert terms[0].keys() == terms[1].keys()
@@ -478,8 +476,6 @@ def test_reconstruction_rows_show_each_pass_of_the_loss(cls):
 
 
 def test_baseline_shows_its_single_pass_and_show_is_a_no_op_outside_recording():
-    from lmbench.methods.baseline import Baseline
-
     method = build(Baseline)
     method.show(("x", torch.zeros(1, 3, S, S)))  # not recording: nothing kept
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
@@ -491,8 +487,6 @@ def test_baseline_shows_its_single_pass_and_show_is_a_no_op_outside_recording():
 def test_reconstruction_rows_leave_batchnorm_statistics_and_mode_as_they_were():
     """The figure's pass normalises with batch statistics (training mode), yet the checkpoint's
     running statistics and the method's mode are what they were before."""
-    from lmbench.methods.baseline import Baseline
-
     config = RunConfig(K=K, image_size=32, batch_size=B)
     config.detector.channels, config.detector.depth, config.detector.stem_channels = 8, 1, 8
     config.generator.conv_dim, config.generator.res_blocks = 4, 1
