@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from lmbench import registry
-from lmbench.config import RunConfig, apply_override
+from lmbench.config import OptimConfig, RunConfig, apply_override
 from lmbench.data import ImageSplit, to_normalized
+from lmbench.generative import GENERATIVE_STEPS
 from lmbench.hookspecs import hookimpl
 
 #: Architecture presets. ``paper``: Sanchez & Tzimiropoulos / Li et al.'s networks (hourglass
@@ -56,6 +57,8 @@ def bench_config(
         config.warp.tps_sigma = 0.0  # the papers' pairs: a similarity, no TPS jitter
         config.warp.mask_padding = False  # the papers' loss counts x''s padding too
         config.detector.head_init_gain = 1.0  # the original's (PyTorch's) initialisation
+        if method in GENERATIVE_STEPS:  # Sanchez's and Li et al.'s Adam, without momentum
+            config.optim.betas = OptimConfig().betas
         if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss
             config.perceptual.backbone, config.perceptual.layers = "vgg16", None
     if perceptual:

@@ -80,6 +80,8 @@ class WarpConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
+    # Sanchez's and Li et al.'s Adam: no momentum. The four generative methods default to
+    # (0.5, 0.9) (lmbench.generative.GENERATIVE_BETAS), zhang to TF-Adam's (0.9, 0.999).
     betas: tuple[float, float] = (0.0, 0.9)
     # Sanchez: 5e-4. Adam's coupled L2 at that strength shrinks the detector's weights ~25x in
     # 1,000 steps and stalls discovery in short runs, so lmbench's default is 0.

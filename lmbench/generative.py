@@ -31,10 +31,19 @@ GENERATIVE_STEPS = {"baseline": 500, "inter_subject": 420, "cycle": 275, "inter_
 #: to the few that a random network happens to favour (reports/findings.md, "Flatter initial maps").
 GENERATIVE_HEAD_INIT_GAIN = 0.5
 
+#: The generative methods' Adam betas (``optim.betas``). The originals use (0, 0.9): no
+#: momentum. A first moment of 0.5 (about two steps) discovers landmarks in fewer steps on
+#: lmbench's CPU budget (reports/findings.md, "Adam with some momentum").
+GENERATIVE_BETAS = (0.5, 0.9)
+
 
 def generative_defaults(method: str) -> dict:
     """The ``config_defaults`` of one of the four generative methods."""
-    return {"steps": GENERATIVE_STEPS[method], "detector.head_init_gain": GENERATIVE_HEAD_INIT_GAIN}
+    return {
+        "steps": GENERATIVE_STEPS[method],
+        "detector.head_init_gain": GENERATIVE_HEAD_INIT_GAIN,
+        "optim.betas": list(GENERATIVE_BETAS),
+    }
 
 
 class GenerativeMethod(LandmarkMethod):
