@@ -1,6 +1,6 @@
 """An exponential moving average of the trained networks' weights, for evaluation.
 
-``--set optim.ema_decay=D`` (0, the default: off) keeps, beside the weights that train, an
+``--set optim.ema_decay=D`` (0.99 for the generative methods, otherwise 0: off) keeps, beside the weights that train, an
 average of them (and of BatchNorm's running statistics) updated after every optimizer step:
 ``average = d * average + (1 - d) * weights`` with ``d = min(D, (1 + t) / (10 + t))`` at
 update t (the warm-up of timm's ModelEma, so the early average is not pinned to the random

@@ -59,6 +59,7 @@ def bench_config(
         config.detector.head_init_gain = 1.0  # the original's (PyTorch's) initialisation
         if method in GENERATIVE_STEPS:  # Sanchez's and Li et al.'s Adam, without momentum
             config.optim.betas = OptimConfig().betas
+            config.optim.ema_decay = OptimConfig().ema_decay  # and no weight average (bench times none)
         if "perceptual.backbone" not in defaults:  # e.g. zhang's original has no perceptual loss
             config.perceptual.backbone, config.perceptual.layers = "vgg16", None
     if perceptual:

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from lmbench.bench import bench_command, bench_config
 from lmbench.config import RunConfig
-from lmbench.generative import GENERATIVE_BETAS, GENERATIVE_HEAD_INIT_GAIN
+from lmbench.generative import GENERATIVE_BETAS, GENERATIVE_EMA_DECAY, GENERATIVE_HEAD_INIT_GAIN
 
 KEYS = {"method", "preset", "image_size", "batch_size", "K", "images_per_second", "seconds_per_step",
         "peak_memory_mb", "device", "threads", "cpu_capability", "keep_freed_memory", "page_faults_per_step", "torch"}
@@ -58,10 +58,12 @@ def test_paper_preset_is_the_original_architecture():
     assert config.warp.mask_padding is False  # and their loss over every pixel of x'
     assert config.detector.head_init_gain == 1.0  # and PyTorch's initialisation
     assert tuple(config.optim.betas) == (0.0, 0.9)  # and the originals' Adam, without momentum
+    assert config.optim.ema_decay == 0.0  # and no weight average
     small = bench_config("inter_intra", preset="small")
     assert small.detector.channels == 96 and small.warp.tps_sigma == RunConfig().warp.tps_sigma
     assert small.detector.head_init_gain == GENERATIVE_HEAD_INIT_GAIN
     assert tuple(small.optim.betas) == GENERATIVE_BETAS
+    assert small.optim.ema_decay == GENERATIVE_EMA_DECAY
     assert small.warp.mask_padding is True
 
 

@@ -432,7 +432,7 @@ def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
 
     from lmbench import registry
     from lmbench.cli import cli
-    from lmbench.generative import GENERATIVE_BETAS, GENERATIVE_HEAD_INIT_GAIN, GENERATIVE_STEPS
+    from lmbench.generative import GENERATIVE_BETAS, GENERATIVE_EMA_DECAY, GENERATIVE_HEAD_INIT_GAIN, GENERATIVE_STEPS
 
     # Equal time, not equal steps: the more generator passes a step makes, the fewer steps.
     order = ("baseline", "inter_subject", "cycle", "inter_intra")
@@ -440,7 +440,7 @@ def test_each_generative_method_defaults_to_the_steps_of_its_time_budget():
     for name in order:
         assert registry.get_method(name).config_defaults == {
             "steps": GENERATIVE_STEPS[name], "detector.head_init_gain": GENERATIVE_HEAD_INIT_GAIN,
-            "optim.betas": list(GENERATIVE_BETAS),
+            "optim.betas": list(GENERATIVE_BETAS), "optim.ema_decay": GENERATIVE_EMA_DECAY,
         }, name
     # ... and `lmbench run --help` says so.
     shown = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
