@@ -174,6 +174,10 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
         # Saved before Li et al.'s variants could run their passes separately: they were batched.
         data = {**data, "method_options": {**options, "routing": "batched"}}
         options = data["method_options"]
+    if data.get("method") == "inter_subject" and isinstance(options, dict) and "pairs" not in options:
+        # Saved before inter_subject drew the originals' two views: x was the undeformed image.
+        data = {**data, "method_options": {**options, "pairs": "warp"}}
+        options = data["method_options"]
     if data.get("method") == "cycle" and isinstance(options, dict) and "backward" not in options:
         # Saved before cycle's backward path went through the auxiliary image: the baseline reversed.
         data = {**data, "method_options": {**options, "backward": "direct"}}

@@ -83,19 +83,28 @@ class GenerativeMethod(LandmarkMethod):
     def make_pair(self, images: torch.Tensor, generator: torch.Generator):
         """(x, x', warp): x' is x under a random similarity, then (``warp.tps_sigma`` > 0) a
         random thin-plate-spline jitter, both drawn from ``generator``."""
+        warp = self.random_warp(images, generator)
+        return images, warp.apply_to_images(images), warp
+
+    def random_warp(self, images: torch.Tensor, generator: torch.Generator, strength: float = 1.0):
+        """One draw of ``config.warp`` for each image (this process's rows under DDP), every
+        magnitude times ``strength``: the rotation range, the translation, the scale range's
+        distance from 1 and the TPS sigma."""
         w, batch = self.config.warp, self.random_batch(images)
+        low, high = w.scale
         warp = random_similarity(
             batch,
-            rotation_deg=w.rotation_deg,
-            scale=tuple(w.scale),
-            translation=w.translation,
+            rotation_deg=w.rotation_deg * strength,
+            scale=(low, high) if strength == 1 else (1 - (1 - low) * strength, 1 + (high - 1) * strength),
+            translation=w.translation * strength,
             generator=generator,
             device=images.device,
         )
         if w.tps_sigma > 0:
-            warp = warp.then(random_tps(batch, grid=w.tps_grid, sigma=w.tps_sigma, generator=generator, device=images.device))
-        warp = self.local_rows(warp)  # under DDP: this process's rows of the global draw
-        return images, warp.apply_to_images(images), warp
+            warp = warp.then(
+                random_tps(batch, grid=w.tps_grid, sigma=w.tps_sigma * strength, generator=generator, device=images.device)
+            )
+        return self.local_rows(warp)  # under DDP: this process's rows of the global draw
 
     def padding_mask(self, warp, images: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, H, W]: 1 where ``warp(images)`` shows image content, 0 where it shows padding

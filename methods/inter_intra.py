@@ -3,12 +3,15 @@
 Three methods built on the baseline's detector H, bottleneck, generator G and
 reconstruction loss (perceptual + pixel MSE). ``G(a, h)`` redraws the *appearance*
 image ``a`` in the landmark *structure* given by the heatmaps ``h``. ``x`` is a batch
-image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the batch.
+image, ``x'`` its random similarity warp, ``x^a = x[perm]`` another image of the batch
+(``inter_subject``: by default both x and x' are random deformations of the batch image).
 
 - ``inter_subject``: ``I_a = G(x, H(x^a))``, ``I = G(I_a, H(x'))``, loss(I, x'). With
   ``method_options.direct_path = true`` the baseline's ``G(x', H(x))`` vs ``x`` is added
   (one reading of Li et al.'s Table I row "+ inter-subject", which builds on the baseline);
-  its generator call shares the batch of the first auxiliary stage.
+  its generator call shares the batch of the first auxiliary stage. ``method_options.path =
+  "backward"`` runs the path the other way, ``G(G(x', H(x^a)), H(x))`` vs ``x``: the
+  baseline's source and target with the auxiliary stage between them.
 - ``cycle``: the baseline's ``G(x', H(x))`` vs ``x`` plus Li et al.'s backward (cycle) path
   ``x' -> x^a -> x``: ``G(G(x', H(x^a)), H(x))`` vs ``x``. Both terms compare with the
   unwarped x, so the detector only looks at x (``H(x^a) = H(x)[perm]``, which here equals the
@@ -68,7 +71,24 @@ from lmbench.registry import MethodSpec
 #: ``lmbench bench`` can time what the batching saves.
 ROUTINGS = ("batched", "separate")
 PAIRED_OPTIONS = {"routing": "batched"}
-INTER_SUBJECT_OPTIONS = {"direct_path": False, **PAIRED_OPTIONS}
+#: ``inter_subject``'s ``method_options.path``: Li et al.'s inter-subject path ``forward``
+#: (x -> x^a -> x', compared with x'), or ``backward`` (x' -> x^a -> x, compared with x: the
+#: baseline's source and target with the auxiliary stage between them, i.e. cycle's backward
+#: path without the baseline's term).
+INTER_SUBJECT_PATHS = ("forward", "backward")
+#: ``inter_subject``'s ``method_options.pairs``: ``warp`` (lmbench's pairs, as the other
+#: methods': x is the batch image, x' its random warp) or ``views`` (the originals' data
+#: pipeline: both are random deformations of the batch image, x at the full strength of
+#: ``config.warp`` and x' at half of it, as Li et al.'s loader rotates x = Im by N(0, 30^2)
+#: degrees and x' = ImP by N(0, 15^2)).
+PAIRINGS = ("warp", "views")
+#: x''s share of x's deformation with ``pairs = "views"``.
+VIEW_STRENGTH = 0.5
+#: ``views`` is inter_subject's default: with lmbench's pairs its path, whose only target is the
+#: deformed x', stays near the mean shape on two seeds of three in the default 420 steps; with the
+#: originals' pairs it reaches 0.4 x the mean shape (reports/findings.md, "The inter-subject path
+#: and its pairs").
+INTER_SUBJECT_OPTIONS = {"direct_path": False, "path": "forward", "pairs": "views", **PAIRED_OPTIONS}
 #: ``cycle``'s ``method_options.backward``: Li et al.'s backward path through the auxiliary
 #: image (``x' -> x^a -> x``, the default), or ``direct``: the baseline's pass reversed,
 #: ``G(x, H(x'))`` vs ``x'`` (lmbench's reading before 2026-12-03; configs saved before the
@@ -166,20 +186,47 @@ class _PairedMethod(GenerativeMethod):
 
 
 class InterSubject(_PairedMethod):
-    """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x') (+ the baseline's path)."""
+    """x -> x^a -> x': I_a = G(x, H(x^a)), I = G(I_a, H(x')); loss(I, x') (+ the baseline's path).
+
+    By default (``pairs = "views"``) x and x' are two random deformations of the batch image,
+    x the stronger, as in the originals' loader; see :data:`PAIRINGS`."""
 
     name = "inter_subject"
     option_defaults = INTER_SUBJECT_OPTIONS
+    option_choices = {**_PairedMethod.option_choices, "path": INTER_SUBJECT_PATHS, "pairs": PAIRINGS}
+
+    def __init__(self, config, **networks):
+        super().__init__(config, **networks)
+        if self.options["path"] == "backward" and self.options["direct_path"]:
+            raise ValueError(
+                "method 'inter_subject': method_options.direct_path adds the baseline's term to the forward "
+                "path; with path=backward that is the method 'cycle'"
+            )
+
+    def make_views(self, images, generator, *, masks=("x'",)):
+        """(x, x', padding mask of x, padding mask of x') with the masks named in ``masks``; a
+        mask is None where it is not asked for, that image is undeformed or
+        ``warp.mask_padding`` is off. ``pairs = "warp"``: :meth:`make_pair`; ``"views"``: x = W(s)
+        and x' = W'(s), W' drawn after W at :data:`VIEW_STRENGTH` of its magnitudes."""
+        if self.options["pairs"] == "warp":
+            x, x_prime, warp = self.make_pair(images, generator)
+            return x, x_prime, None, self.padding_mask(warp, x) if "x'" in masks else None
+        warps = (self.random_warp(images, generator), self.random_warp(images, generator, strength=VIEW_STRENGTH))
+        x, x_prime = (_nhwc(w.apply_to_images(images)) for w in warps)
+        mask_x, mask_prime = (self.padding_mask(w, images) if name in masks else None for w, name in zip(warps, ("x", "x'")))
+        return x, x_prime, mask_x, mask_prime
 
     def losses(self, images, generator, points=None):
-        x, x_prime, warp = self.make_pair(images, generator)
+        if self.options["path"] == "backward":
+            return self.backward_losses(images, generator)
+        direct_path = self.options["direct_path"]
+        x, x_prime, valid_x, valid = self.make_views(images, generator, masks=("x", "x'") if direct_path else ("x'",))
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
         h_aux = self.auxiliary_heatmaps(x, h_x, perm)
-        valid = self.padding_mask(warp, x)
         if self.showing:
             self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime))
-        if not self.options["direct_path"]:
+        if not direct_path:
             (i_a,) = self.generate([x], [h_aux])  # x in the structure of x^a
             (out,) = self.generate([i_a], [h_prime])  # ... then in the structure of x'
             self.show(("I_a = G(x, H(x^a))", i_a), ("G(I_a, H(x')) vs x'", out))
@@ -189,7 +236,24 @@ class InterSubject(_PairedMethod):
         (out,) = self.generate([i_a], [h_prime])
         self.show(("G(x', H(x)) vs x", direct), ("I_a = G(x, H(x^a))", i_a), ("G(I_a, H(x')) vs x'", out))
         out = self.outside_mask_as_target(out, x_prime, valid)
+        direct = self.outside_mask_as_target(direct, x, valid_x)  # x is deformed only with pairs=views
         return self.split_terms([direct, out], [x, x_prime], ("_x", "_xp"))
+
+    def backward_losses(self, images, generator):
+        """``path = "backward"``: I_a' = G(x', H(x^a)), then G(I_a', H(x)) vs x. Only x's
+        heatmaps are needed (one detector call on x; ``H(x^a) = H(x)[perm]``); the target x has
+        padding to mask only with ``pairs = "views"``."""
+        x, x_prime, valid_x, _ = self.make_views(images, generator, masks=("x",))
+        perm = self.auxiliary(x.shape[0], generator, x.device)
+        _, h_x = self.encode(x)
+        h_aux = self.auxiliary_heatmaps(x, h_x, perm)
+        (i_a_prime,) = self.generate([x_prime], [h_aux])  # x' in the structure of x^a
+        (out,) = self.generate([i_a_prime], [h_x])  # ... then in the structure of x
+        if self.showing:
+            self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime), ("I_a' = G(x', H(x^a))", i_a_prime),
+                      ("G(I_a', H(x)) vs x", out))
+        out = self.outside_mask_as_target(out, x, valid_x)
+        return self.reconstruction_terms(out, x, self.target_features(x))
 
 
 class Cycle(_PairedMethod):

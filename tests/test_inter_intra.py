@@ -61,7 +61,10 @@ def run_losses(method, seed=3):
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
     terms = method.losses(images, torch.Generator().manual_seed(seed))
     replay = torch.Generator().manual_seed(seed)
-    x, x_prime, _ = method.make_pair(images, replay)
+    if isinstance(method, InterSubject) and method.options["pairs"] == "views":  # two deformed views
+        x, x_prime = (method.random_warp(images, replay, strength)(images) for strength in (1.0, 0.5))
+    else:
+        x, x_prime, _ = method.make_pair(images, replay)
     both_ways = isinstance(method, Cycle) and method.options["backward"] == "direct"
     perm = None if both_ways else derangement(B, replay)
     _, heatmaps = method.bottleneck(F.avg_pool2d(method.detector.conv(torch.cat([x, x_prime])), 4) * 10)
@@ -90,7 +93,7 @@ def test_inter_subject_routes_x_through_the_auxiliary_structure_to_x_prime():
 
 
 def test_inter_subject_direct_path_adds_the_baseline_term():
-    method = build(InterSubject, method_options={"direct_path": True})
+    method = build(InterSubject, method_options={"direct_path": True})  # pairs: the default views
     terms, x, x_prime, perm, h_x, h_prime = run_losses(method)
     check_single_detector_call(method, x, x_prime)
     first, second = method.generator.calls
@@ -100,7 +103,97 @@ def test_inter_subject_direct_path_adds_the_baseline_term():
     assert close(second["appearance"], i_a) and close(second["heatmaps"], h_prime)
     assert math.isclose(terms["pixel_x"].item(), F.mse_loss(direct, x).item(), rel_tol=1e-6)
     assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(second["output"], x_prime).item(), rel_tol=1e-6)
-    assert method.config.method_options == {"direct_path": True, "routing": "batched"}
+    assert method.config.method_options == {"direct_path": True, "path": "forward", "pairs": "views", "routing": "batched"}
+
+
+def draw_views(method, seed=3):
+    """What ``pairs = "views"`` must draw: x = W(s), x' = W'(s) at half W's magnitudes, from the
+    step generator in that order; also their padding masks."""
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    replay = torch.Generator().manual_seed(seed)
+    x_warp = method.random_warp(images, replay)
+    x_prime_warp = method.random_warp(images, replay, strength=0.5)
+    perm = derangement(B, replay)
+    masks = [method.padding_mask(w, images) for w in (x_warp, x_prime_warp)]
+    return x_warp(images), x_prime_warp(images), perm, *masks
+
+
+def test_random_warp_at_half_strength_halves_every_magnitude():
+    method = build(InterSubject)
+    method.config.warp.tps_sigma = 0.0  # a similarity alone: its angle, scale and shift can be read off
+    images = torch.rand(64, 3, S, S)
+    full = method.random_warp(images, torch.Generator().manual_seed(0)).matrix
+    half = method.random_warp(images, torch.Generator().manual_seed(0), strength=0.5).matrix
+    w = method.config.warp
+    def spans(m):
+        scale = torch.linalg.det(m[:, :, :2]).sqrt()
+        angle = torch.rad2deg(torch.atan2(m[:, 1, 0], m[:, 0, 0])).abs()
+        return angle.max(), (scale - 1).abs().max(), m[:, :, 2].abs().max()
+    (a_full, s_full, t_full), (a_half, s_half, t_half) = spans(full), spans(half)
+    assert a_full <= w.rotation_deg and a_half <= w.rotation_deg / 2 + 1e-4 and a_half > 0
+    assert torch.isclose(a_half, a_full / 2, rtol=1e-3)  # the same draws, scaled
+    assert s_half <= (w.scale[1] - 1) / 2 + 1e-6 and t_half <= w.translation / 2 + 1e-6
+
+
+def test_inter_subject_views_deform_both_images_and_mask_each_target():
+    method = build(InterSubject, method_options={"pairs": "views"}, mask_padding=True)
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    terms = method.losses(images, torch.Generator().manual_seed(3))
+    x, x_prime, perm, mask_x, mask_prime = draw_views(method)
+    assert (mask_prime < 1).any() and (mask_x < 1).any()  # both views show padding in this draw
+    assert len(method.detector.calls) == 1 and close(method.detector.calls[0], torch.cat([x, x_prime]))
+    first, second = method.generator.calls
+    h_x = method.bottleneck(F.avg_pool2d(method.detector.conv(x), 4) * 10)[1]
+    assert close(first["appearance"], x) and close(first["heatmaps"], h_x[perm])
+    out = second["output"]
+    expected = F.mse_loss(x_prime + mask_prime * (out - x_prime), x_prime)
+    assert math.isclose(terms["pixel"].item(), expected.item(), rel_tol=1e-5)
+    # with the baseline's term, its target x is masked by x's own padding
+    direct_method = build(InterSubject, method_options={"pairs": "views", "direct_path": True}, mask_padding=True)
+    terms = direct_method.losses(images, torch.Generator().manual_seed(3))
+    direct = direct_method.generator.calls[0]["output"].chunk(2)[1]
+    expected = F.mse_loss(x + mask_x * (direct - x), x)
+    assert math.isclose(terms["pixel_x"].item(), expected.item(), rel_tol=1e-5)
+
+
+def test_inter_subject_views_backward_path_masks_its_target_x():
+    method = build(InterSubject, method_options={"pairs": "views", "path": "backward"}, mask_padding=True)
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    terms = method.losses(images, torch.Generator().manual_seed(3))
+    x, x_prime, perm, mask_x, _ = draw_views(method)
+    assert close(method.detector.calls[0], x) and close(method.generator.calls[0]["appearance"], x_prime)
+    out = method.generator.calls[1]["output"]
+    assert math.isclose(terms["pixel"].item(), F.mse_loss(x + mask_x * (out - x), x).item(), rel_tol=1e-5)
+
+
+def test_inter_subject_pairs_must_be_warp_or_views():
+    with pytest.raises(ValueError, match="method_options.pairs must be one of warp, views, got 'both'"):
+        build(InterSubject, {"pairs": "both"})
+
+
+def test_inter_subject_backward_path_routes_x_prime_through_the_auxiliary_structure_to_x():
+    method = build(InterSubject, method_options={"path": "backward", "pairs": "warp"}, mask_padding=True)
+    terms, x, x_prime, perm, h_x, _ = run_losses(method)
+    assert len(method.detector.calls) == 1 and close(method.detector.calls[0], x)  # H(x) alone
+    first, second = method.generator.calls
+    assert close(first["appearance"], x_prime) and close(first["heatmaps"], h_x[perm])  # I_a' = G(x', H(x^a))
+    assert close(second["appearance"], first["output"]) and close(second["heatmaps"], h_x)  # G(I_a', H(x))
+    assert set(terms) == {"pixel"}  # compared with the unwarped x: no padding to mask
+    assert math.isclose(terms["pixel"].item(), F.mse_loss(second["output"], x).item(), rel_tol=1e-6)
+
+
+def test_inter_subject_backward_path_is_cycles_backward_term():
+    """The same draw gives the same number as cycle's second term (same warp, pairing, networks)."""
+    alone = run_losses(build(InterSubject, method_options={"path": "backward", "pairs": "warp"}))[0]
+    cycle = run_losses(build(Cycle))[0]
+    assert math.isclose(alone["pixel"].item(), cycle["pixel_back"].item(), rel_tol=1e-6)
+
+
+def test_inter_subject_path_must_be_forward_or_backward_and_backward_has_no_direct_path():
+    with pytest.raises(ValueError, match="method_options.path must be one of forward, backward, got 'both'"):
+        build(InterSubject, {"path": "both"})
+    with pytest.raises(ValueError, match="with path=backward that is the method 'cycle'"):
+        build(InterSubject, {"path": "backward", "direct_path": True})
 
 
 def test_inter_subject_rejects_unknown_options():
@@ -160,6 +253,7 @@ def test_inter_intra_runs_both_paths_in_two_generator_calls():
     [
         (InterSubject, {}, [B, B]),
         (InterSubject, {"direct_path": True}, [B, B, B]),
+        (InterSubject, {"path": "backward"}, [B, B]),
         (Cycle, {}, [B, B, B]),
         (Cycle, {"backward": "direct"}, [B, B]),
         (InterIntra, {}, [B, B, B, B]),
@@ -175,7 +269,7 @@ def test_separate_routing_is_the_same_function_one_batch_per_pass(cls, options, 
     assert separate_terms.keys() == terms.keys()
     for name in terms:
         assert torch.allclose(separate_terms[name], terms[name], rtol=1e-5, atol=1e-7), name
-    if cls is Cycle and perm is not None:  # its targets are x alone: H(x) and H(x[perm])
+    if (cls is Cycle and perm is not None) or options.get("path") == "backward":  # targets x alone: H(x), H(x[perm])
         expected_inputs = [x, x[perm]]
     else:
         expected_inputs = [x, x_prime] + ([] if perm is None else [x[perm]])
@@ -243,7 +337,9 @@ def test_outside_mask_as_target_takes_no_loss_and_no_gradient_from_the_padding()
     assert half.dtype == torch.bfloat16 and torch.equal(half[..., :5], target[..., :5].bfloat16())
 
 
-@pytest.mark.parametrize("cls,options", [(InterSubject, {}), (Cycle, {"backward": "direct"}), (InterIntra, {})])
+@pytest.mark.parametrize(
+    "cls,options", [(InterSubject, {"pairs": "warp"}), (Cycle, {"backward": "direct"}), (InterIntra, {})]
+)
 def test_mask_padding_applies_to_the_terms_whose_target_is_x_prime(cls, options):
     """Outputs compared with x' count only where x' shows image content; those compared
     with the unwarped x are unchanged."""
@@ -329,6 +425,7 @@ def test_cycle_computes_the_shared_target_features_once():
     "cls,options,terms_expected",
     [
         (InterSubject, {}, ["pixel"]),
+        (InterSubject, {"path": "backward"}, ["pixel"]),
         (Cycle, {}, ["pixel_back", "pixel_x"]),
         (Cycle, {"backward": "direct"}, ["pixel_x", "pixel_xp"]),
     ],
@@ -474,6 +571,12 @@ def test_reconstruction_rows_show_each_pass_of_the_loss(cls):
     for label, batch in rows.items():
         if label.startswith(("I_a", "G(")):  # every generated row is one of those outputs' chunks
             assert any(close(batch, chunk) for chunk in outputs.split(B)), label
+
+
+def test_inter_subject_backward_path_shows_its_own_passes():
+    method = build(InterSubject, {"path": "backward"})
+    rows = dict(method.reconstruction_rows(torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1)), seed=3))
+    assert list(rows) == PASSES[Cycle][:3] + PASSES[Cycle][4:]  # cycle's rows without the baseline's output
 
 
 def test_baseline_shows_its_single_pass_and_show_is_a_no_op_outside_recording():

@@ -127,14 +127,22 @@ def test_configs_saved_before_the_generator_input_norm_keep_their_generator():
 
 
 def test_configs_saved_before_the_routing_option_were_batched():
-    for method, before in [("inter_intra", {}), ("inter_subject", {"direct_path": False})]:
+    for method, before, pairs in [("inter_intra", {}, {}), ("inter_subject", {"direct_path": False}, {"pairs": "warp"})]:
         saved = {**RunConfig(method=method).to_dict(), "method_options": before}
         saved = json.loads(json.dumps(saved))
-        assert upgrade_saved_config(saved)["method_options"] == {**before, "routing": "batched"}, method
+        assert upgrade_saved_config(saved)["method_options"] == {**before, "routing": "batched", **pairs}, method
     baseline = json.loads(json.dumps(RunConfig(method="baseline").to_dict()))
     assert upgrade_saved_config(baseline)["method_options"] == {}
     separate = {**RunConfig(method="inter_intra").to_dict(), "method_options": {"routing": "separate"}}
     assert upgrade_saved_config(separate)["method_options"] == {"routing": "separate"}
+
+
+def test_inter_subject_configs_saved_before_the_pairs_option_warped_x_alone():
+    """Before 2026-12-03 inter_subject's x was the undeformed image (``pairs = "warp"``)."""
+    oldest = {**RunConfig(method="inter_subject").to_dict(), "method_options": {"direct_path": False, "routing": "batched"}}
+    assert RunConfig.from_dict(oldest).method_options["pairs"] == "warp"
+    new = {**RunConfig(method="inter_subject").to_dict(), "method_options": {"pairs": "views", "routing": "batched"}}
+    assert upgrade_saved_config(new)["method_options"] == {"pairs": "views", "routing": "batched"}
 
 
 def test_cycle_configs_saved_before_the_backward_option_ran_the_baseline_both_ways():

@@ -40,7 +40,7 @@ def measure(run_dir: Path, faces: int = 256, batch: int = 16) -> dict[str, float
     with torch.no_grad():
         for start in range(0, faces, batch):
             images = test.batch(torch.arange(start, start + batch), torch.device("cpu"))
-            x, x_prime, _ = method.make_pair(images, torch.Generator().manual_seed(start))
+            x, x_prime, *_ = method.make_views(images, torch.Generator().manual_seed(start))  # the run's pairs
             _, heatmaps = method.encode(torch.cat([x, x_prime]))
             h_x, h_prime = heatmaps.chunk(2)
             i_a = method.generator(x, h_x[pairing])
