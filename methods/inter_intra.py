@@ -76,7 +76,7 @@ PAIRED_OPTIONS = {"routing": "batched"}
 #: baseline's source and target with the auxiliary stage between them, i.e. cycle's backward
 #: path without the baseline's term).
 INTER_SUBJECT_PATHS = ("forward", "backward")
-#: ``inter_subject``'s ``method_options.pairs``: ``warp`` (lmbench's pairs, as the other
+#: ``method_options.pairs`` of ``inter_subject`` and ``inter_intra``: ``warp`` (lmbench's pairs, as the other
 #: methods': x is the batch image, x' its random warp) or ``views`` (the originals' data
 #: pipeline: both are random deformations of the batch image, x at the full strength of
 #: ``config.warp`` and x' at half of it, as Li et al.'s loader rotates x = Im by N(0, 30^2)
@@ -89,6 +89,7 @@ VIEW_STRENGTH = 0.5
 #: originals' pairs it reaches 0.4 x the mean shape (reports/findings.md, "The inter-subject path
 #: and its pairs").
 INTER_SUBJECT_OPTIONS = {"direct_path": False, "path": "forward", "pairs": "views", **PAIRED_OPTIONS}
+INTER_INTRA_OPTIONS = {"pairs": "warp", **PAIRED_OPTIONS}
 #: ``cycle``'s ``method_options.backward``: Li et al.'s backward path through the auxiliary
 #: image (``x' -> x^a -> x``, the default), or ``direct``: the baseline's pass reversed,
 #: ``G(x, H(x'))`` vs ``x'`` (lmbench's reading before 2026-12-03; configs saved before the
@@ -144,6 +145,19 @@ class _PairedMethod(GenerativeMethod):
     def make_pair(self, images, generator):
         x, x_prime, warp = super().make_pair(images, generator)
         return _nhwc(x), _nhwc(x_prime), warp
+
+    def make_views(self, images, generator, *, masks=("x'",)):
+        """(x, x', padding mask of x, padding mask of x') with the masks named in ``masks``; a
+        mask is None where it is not asked for, that image is undeformed or
+        ``warp.mask_padding`` is off. ``pairs = "warp"``: :meth:`make_pair`; ``"views"``: x = W(s)
+        and x' = W'(s), W' drawn after W at :data:`VIEW_STRENGTH` of its magnitudes."""
+        if self.options["pairs"] == "warp":
+            x, x_prime, warp = self.make_pair(images, generator)
+            return x, x_prime, None, self.padding_mask(warp, x) if "x'" in masks else None
+        warps = (self.random_warp(images, generator), self.random_warp(images, generator, strength=VIEW_STRENGTH))
+        x, x_prime = (_nhwc(w.apply_to_images(images)) for w in warps)
+        mask_x, mask_prime = (self.padding_mask(w, images) if name in masks else None for w, name in zip(warps, ("x", "x'")))
+        return x, x_prime, mask_x, mask_prime
 
     def encode_pair(self, x: torch.Tensor, x_prime: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps (H(x), H(x')) from ONE detector call on the concatenated batch (separate: two)."""
@@ -202,19 +216,6 @@ class InterSubject(_PairedMethod):
                 "method 'inter_subject': method_options.direct_path adds the baseline's term to the forward "
                 "path; with path=backward that is the method 'cycle'"
             )
-
-    def make_views(self, images, generator, *, masks=("x'",)):
-        """(x, x', padding mask of x, padding mask of x') with the masks named in ``masks``; a
-        mask is None where it is not asked for, that image is undeformed or
-        ``warp.mask_padding`` is off. ``pairs = "warp"``: :meth:`make_pair`; ``"views"``: x = W(s)
-        and x' = W'(s), W' drawn after W at :data:`VIEW_STRENGTH` of its magnitudes."""
-        if self.options["pairs"] == "warp":
-            x, x_prime, warp = self.make_pair(images, generator)
-            return x, x_prime, None, self.padding_mask(warp, x) if "x'" in masks else None
-        warps = (self.random_warp(images, generator), self.random_warp(images, generator, strength=VIEW_STRENGTH))
-        x, x_prime = (_nhwc(w.apply_to_images(images)) for w in warps)
-        mask_x, mask_prime = (self.padding_mask(w, images) if name in masks else None for w, name in zip(warps, ("x", "x'")))
-        return x, x_prime, mask_x, mask_prime
 
     def losses(self, images, generator, points=None):
         if self.options["path"] == "backward":
@@ -295,9 +296,11 @@ class InterIntra(_PairedMethod):
     """
 
     name = "inter_intra"
+    option_defaults = INTER_INTRA_OPTIONS
+    option_choices = {**_PairedMethod.option_choices, "pairs": PAIRINGS}
 
     def losses(self, images, generator, points=None):
-        x, x_prime, warp = self.make_pair(images, generator)
+        x, x_prime, valid_x, valid = self.make_views(images, generator, masks=("x", "x'"))
         perm = self.auxiliary(x.shape[0], generator, x.device)
         h_x, h_prime = self.encode_pair(x, x_prime)
         h_aux = self.auxiliary_heatmaps(x, h_x, perm)
@@ -306,7 +309,8 @@ class InterIntra(_PairedMethod):
         if self.showing:
             self.show(("x", x), ("x^a", x[perm]), ("x'", x_prime), ("I_a = G(x, H(x^a))", i_a),
                       ("G(I_a, H(x')) vs x'", to_prime), ("I_a' = G(x', H(x^a))", i_a_prime), ("G(I_a', H(x)) vs x", to_x))
-        to_prime = self.outside_mask_as_target(to_prime, x_prime, self.padding_mask(warp, x))
+        to_prime = self.outside_mask_as_target(to_prime, x_prime, valid)
+        to_x = self.outside_mask_as_target(to_x, x, valid_x)  # x is deformed only with pairs=views
         return self.split_terms([to_x, to_prime], [x, x_prime], ("_x", "_xp"))
 
 

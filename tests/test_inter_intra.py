@@ -61,7 +61,7 @@ def run_losses(method, seed=3):
     images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
     terms = method.losses(images, torch.Generator().manual_seed(seed))
     replay = torch.Generator().manual_seed(seed)
-    if isinstance(method, InterSubject) and method.options["pairs"] == "views":  # two deformed views
+    if isinstance(method, (InterSubject, InterIntra)) and method.options["pairs"] == "views":  # two deformed views
         x, x_prime = (method.random_warp(images, replay, strength)(images) for strength in (1.0, 0.5))
     else:
         x, x_prime, _ = method.make_pair(images, replay)
@@ -164,6 +164,19 @@ def test_inter_subject_views_backward_path_masks_its_target_x():
     assert close(method.detector.calls[0], x) and close(method.generator.calls[0]["appearance"], x_prime)
     out = method.generator.calls[1]["output"]
     assert math.isclose(terms["pixel"].item(), F.mse_loss(x + mask_x * (out - x), x).item(), rel_tol=1e-5)
+
+
+def test_inter_intra_views_deform_both_images_and_mask_each_target():
+    method = build(InterIntra, method_options={"pairs": "views"}, mask_padding=True)
+    images = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(1))
+    terms = method.losses(images, torch.Generator().manual_seed(3))
+    x, x_prime, perm, mask_x, mask_prime = draw_views(method)
+    assert close(method.detector.calls[0], torch.cat([x, x_prime]))
+    first, second = method.generator.calls
+    assert close(first["appearance"], torch.cat([x, x_prime]))
+    to_prime, to_x = second["output"].chunk(2)
+    assert math.isclose(terms["pixel_xp"].item(), F.mse_loss(x_prime + mask_prime * (to_prime - x_prime), x_prime).item(), rel_tol=1e-5)
+    assert math.isclose(terms["pixel_x"].item(), F.mse_loss(x + mask_x * (to_x - x), x).item(), rel_tol=1e-5)
 
 
 def test_inter_subject_pairs_must_be_warp_or_views():
